@@ -1,0 +1,40 @@
+"""lowrank: low-rank structure in PyTorch models, one API.
+
+>>> import lowrank as lr
+>>> result = lr.compress(model, lr.SVDLLM(keep=0.8), data=texts, tokenizer=tok)
+>>> lr.save(model, "out/"); model = lr.load("out/")
+"""
+
+from .api import calibrate, compress, to_dense
+from .calib import CalibrationStats
+from .compress import ASVD, FWSVD, SVD, SVDLLM, CompressionConfig, config_from_dict
+from .compress.result import CompressResult, ModuleReport
+from .errors import LowRankError
+from .io import load, save
+from .nn import LowRankLinear
+from .registry import allocator_names, get_method, method_names
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ASVD",
+    "FWSVD",
+    "SVD",
+    "SVDLLM",
+    "CalibrationStats",
+    "CompressResult",
+    "CompressionConfig",
+    "LowRankError",
+    "LowRankLinear",
+    "ModuleReport",
+    "__version__",
+    "allocator_names",
+    "calibrate",
+    "compress",
+    "config_from_dict",
+    "get_method",
+    "load",
+    "method_names",
+    "save",
+    "to_dense",
+]

@@ -1,0 +1,199 @@
+"""The verbs users call: compress, to_dense (save/load live in :mod:`lowrank.io`)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from .alloc.budget import BudgetItem
+from .calib.data import TextSource, TokenizedText, read_texts, tokenize
+from .calib.stats import CalibrationStats, collect_statistics
+from .compress.base import CompressionConfig
+from .compress.result import CompressResult, ModuleReport
+from .errors import ConfigError, DataError
+from .nn import LowRankLinear, count_bytes, count_parameters
+from .registry import get_allocator
+from .targets import select_linears
+
+MANIFEST_ATTR = "lowrank_manifest"
+
+
+def _replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def _guess_tokenizer(model: nn.Module) -> Any:
+    path = getattr(getattr(model, "config", None), "_name_or_path", None)
+    if path:
+        try:
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(path)
+        except Exception:  # noqa: BLE001 - any failure means "no tokenizer found"
+            pass
+    raise DataError("calibration text needs a tokenizer: pass tokenizer=... to compress()")
+
+
+def _fisher_loss(model: nn.Module) -> str:
+    from .models.loading import model_kind
+
+    config = getattr(model, "config", None)
+    if config is not None and model_kind(config) == "causal-lm":
+        return "causal-lm"
+    if hasattr(model, "lm_head") or hasattr(model, "get_output_embeddings") and \
+            model.get_output_embeddings() is not None:
+        return "causal-lm"
+    return "contrastive"
+
+
+def calibrate(
+    model: nn.Module,
+    config: CompressionConfig,
+    data: TextSource | TokenizedText,
+    *,
+    tokenizer: Any = None,
+    seq_len: int = 128,
+    max_samples: int = 256,
+    batch_size: int = 16,
+    quiet: bool = True,
+) -> CalibrationStats:
+    """Collect the statistics ``config`` needs for its targeted modules (one pass over data)."""
+    modules = select_linears(model, config.targets, config.ignore)
+    if isinstance(data, TokenizedText):
+        tokens = data
+    else:
+        texts = read_texts(data, "calibration")
+        tok = tokenizer if tokenizer is not None else _guess_tokenizer(model)
+        tokens = tokenize(texts, tok, seq_len=seq_len, max_samples=max_samples)
+        tokenizer = tok
+    fisher = _fisher_loss(model) if "fisher" in config.needs else None
+    if fisher == "contrastive" and tokenizer is None:
+        tokenizer = _guess_tokenizer(model)
+    return collect_statistics(model, modules, tokens, fisher_loss=fisher, tokenizer=tokenizer,
+                              batch_size=batch_size, quiet=quiet)
+
+
+def _output_error(weight: torch.Tensor, approx: torch.Tensor, gram: torch.Tensor) -> float:
+    delta = weight - approx
+    num = torch.einsum("ij,jk,ik->", delta, gram, delta).clamp_min(0)
+    den = torch.einsum("ij,jk,ik->", weight, gram, weight).clamp_min(1e-300)
+    return float((num / den).sqrt())
+
+
+def compress(
+    model: nn.Module,
+    config: CompressionConfig,
+    data: TextSource | TokenizedText = None,
+    *,
+    tokenizer: Any = None,
+    stats: CalibrationStats | None = None,
+    seq_len: int = 128,
+    max_samples: int = 256,
+    batch_size: int = 16,
+    quiet: bool = True,
+) -> CompressResult:
+    """Compress ``model`` in place with ``config``; return what was done and measured.
+
+    ``data`` is calibration text (list of strings, a text file path, ``"default"`` for the
+    embedded text) or already tokenised :class:`TokenizedText`; ``stats`` reuses statistics
+    from :func:`calibrate` / :meth:`CalibrationStats.load`. Methods that need data raise
+    :class:`DataError` without either. Each targeted ``nn.Linear`` becomes a
+    :class:`LowRankLinear` at its allocated rank, or stays dense where that would not save.
+    """
+    if not isinstance(config, CompressionConfig):
+        raise ConfigError(f"config must be a method config such as lowrank.SVDLLM(keep=0.8), "
+                          f"got {type(config).__name__}")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    modules = select_linears(model, config.targets, config.ignore)
+    params_before, bytes_before = count_parameters(model), count_bytes(model)
+    if stats is None and data is not None:
+        stats = calibrate(model, config, data, tokenizer=tokenizer, seq_len=seq_len,
+                          max_samples=max_samples, batch_size=batch_size, quiet=quiet)
+        timings["calibration"] = time.perf_counter() - t0
+    if config.requires_data and stats is None:
+        raise DataError(f"method '{config.method}' needs calibration data: pass data=<texts> "
+                        "(or stats=...) to compress(), or --data on the command line")
+    if stats is not None:
+        missing = [n for n in modules if n not in stats.module_site]
+        if missing:
+            raise DataError(f"statistics do not cover targeted modules {missing[:3]}: "
+                            "recollect them for these targets")
+
+    t1 = time.perf_counter()
+    decomps, items = {}, []
+    for name, lin in modules.items():
+        weight = lin.weight.detach().to(torch.float64)
+        decomps[name] = config.decompose(weight, name, stats)
+        items.append(BudgetItem(name, lin.out_features, lin.in_features, lin.bias is not None,
+                                decomps[name].spectrum))
+    timings["decomposition"] = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    allocation = get_allocator(config.alloc)(items, config.keep)
+    timings["allocation"] = time.perf_counter() - t2
+
+    t3 = time.perf_counter()
+    reports = []
+    for item in items:
+        name, lin = item.name, modules[item.name]
+        rank = allocation.ranks[name]
+        weight = lin.weight.detach().to(torch.float64)
+        spectrum = decomps[name].spectrum
+        energy_total = float((spectrum.double() ** 2).sum()) or 1.0
+        notes: dict[str, Any] = {}
+        if rank is None:
+            approx, energy_kept = weight, 1.0
+        else:
+            B, A = decomps[name].factors(rank)
+            new = LowRankLinear.from_factors(
+                B.to(lin.weight.dtype), A.to(lin.weight.dtype),
+                None if lin.bias is None else lin.bias.detach(),
+            ).to(lin.weight.device)
+            if not (torch.isfinite(new.A).all() and torch.isfinite(new.B).all()):
+                raise DataError(f"decomposition of '{name}' produced non-finite factors; "
+                                "the module was left unchanged")
+            approx = new.weight_product().detach().to(torch.float64)
+            energy_kept = 1.0 - decomps[name].tail_energy(rank) / energy_total
+            _replace_module(model, name, new)
+        root = getattr(decomps[name].right, "num_floored", None)
+        if root is not None:
+            notes["gram_eigenvalues_floored"] = root
+            notes["gram_condition"] = decomps[name].right.condition
+        out_err = None
+        if stats is not None:
+            out_err = _output_error(weight, approx, stats.site(name).gram.to(weight.device))
+        reports.append(ModuleReport(
+            name=name, out_features=item.out_features, in_features=item.in_features,
+            rank=rank, params_before=item.dense_cost(), params_after=item.cost(rank),
+            rel_output_error=out_err,
+            rel_weight_error=float((weight - approx).norm() / weight.norm().clamp_min(1e-300)),
+            energy_kept=energy_kept, spectrum=[float(s) for s in spectrum], notes=notes,
+        ))
+    timings["replace"] = time.perf_counter() - t3
+    timings["total"] = time.perf_counter() - t0
+
+    result = CompressResult(
+        method=config.to_dict(), keep_target=config.keep, keep_actual=allocation.keep_actual,
+        targeted_params_before=allocation.params_before,
+        targeted_params_after=allocation.params_after,
+        params_before=params_before, params_after=count_parameters(model),
+        bytes_before=bytes_before, bytes_after=count_bytes(model), modules=reports,
+        allocation=allocation.to_dict(), timings=timings,
+        calibration=dict(stats.meta) if stats is not None else {},
+    )
+    setattr(model, MANIFEST_ATTR, {"method": config.to_dict()})
+    return result
+
+
+def to_dense(model: nn.Module) -> nn.Module:
+    """Replace every :class:`LowRankLinear` by an equivalent ``nn.Linear`` (in place)."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LowRankLinear):
+            _replace_module(model, name, module.to_linear())
+    return model

@@ -1,0 +1,306 @@
+"""Additive calibration statistics collected with forward hooks, one pass over the data.
+
+Statistics are sums and counts, so shards from several processes or runs combine by addition
+(:meth:`CalibrationStats.merge`). Per input *site* (modules that read the same tensor, such as
+query/key/value, share one site): the input Gram ``sum x x^T`` in float64, the per-channel
+``sum |x|`` and the token count, padding excluded. Per module, optionally, the diagonal Fisher
+(squared gradients of a loss) reduced to row and column sums, for FWSVD (Hsu et al., ICLR 2022).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import DataError, ModelFileError
+from ..linalg import GramRoot, sqrt_gram
+from ..utils.progress import progress
+from .data import TokenBatch, TokenizedText, split_halves, tokenize
+
+STATS_FORMAT_VERSION = 1
+
+
+@dataclass
+class SiteStats:
+    """Sums over the tokens that reached one input site."""
+
+    gram: torch.Tensor  # (n, n) float64, sum of x x^T
+    abs_sum: torch.Tensor  # (n,) float64, sum of |x|
+    tokens: int = 0
+
+    @property
+    def abs_mean(self) -> torch.Tensor:
+        return self.abs_sum / max(self.tokens, 1)
+
+
+@dataclass
+class FisherStats:
+    """Squared-gradient sums of one weight, reduced over columns (rows) and rows (cols)."""
+
+    row_sum: torch.Tensor  # (out,) float64
+    col_sum: torch.Tensor  # (in,) float64
+    batches: int = 0
+
+
+@dataclass
+class CalibrationStats:
+    """Statistics for a set of modules: per-site input moments and optional per-module Fisher."""
+
+    sites: dict[str, SiteStats] = field(default_factory=dict)
+    module_site: dict[str, str] = field(default_factory=dict)
+    fisher: dict[str, FisherStats] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+    def site(self, module_name: str) -> SiteStats:
+        try:
+            return self.sites[self.module_site[module_name]]
+        except KeyError as exc:
+            raise DataError(f"no calibration statistics for module '{module_name}'") from exc
+
+    def gram_root(self, module_name: str, floor: float) -> GramRoot:
+        """Floored square root of the module's input Gram, computed once per site and floor."""
+        key = (self.module_site[module_name], floor)
+        cache = self.__dict__.setdefault("_root_cache", {})
+        if key not in cache:
+            cache[key] = sqrt_gram(self.site(module_name).gram, floor=floor)
+        return cache[key]
+
+    def has_fisher(self) -> bool:
+        return bool(self.fisher)
+
+    def merge(self, other: CalibrationStats) -> CalibrationStats:
+        """Add another shard's sums (same modules and sites) into this one, in place."""
+        if self.module_site != other.module_site:
+            raise DataError("cannot merge statistics collected for different modules")
+        self.__dict__.pop("_root_cache", None)
+        for key, s in other.sites.items():
+            mine = self.sites[key]
+            mine.gram += s.gram
+            mine.abs_sum += s.abs_sum
+            mine.tokens += s.tokens
+        for key, f in other.fisher.items():
+            if key in self.fisher:
+                self.fisher[key].row_sum += f.row_sum
+                self.fisher[key].col_sum += f.col_sum
+                self.fisher[key].batches += f.batches
+            else:
+                self.fisher[key] = f
+        return self
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write to one safetensors file (tensors + JSON metadata); reload with :meth:`load`."""
+        from safetensors.torch import save_file
+
+        tensors: dict[str, torch.Tensor] = {}
+        for key, s in self.sites.items():
+            tensors[f"site/{key}/gram"] = s.gram.contiguous()
+            tensors[f"site/{key}/abs_sum"] = s.abs_sum.contiguous()
+        for key, f in self.fisher.items():
+            tensors[f"fisher/{key}/row_sum"] = f.row_sum.contiguous()
+            tensors[f"fisher/{key}/col_sum"] = f.col_sum.contiguous()
+        header = {
+            "version": STATS_FORMAT_VERSION,
+            "module_site": self.module_site,
+            "tokens": {k: s.tokens for k, s in self.sites.items()},
+            "fisher_batches": {k: f.batches for k, f in self.fisher.items()},
+            "meta": self.meta,
+        }
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata={"lowrank_stats": json.dumps(header)})
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> CalibrationStats:
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise ModelFileError(f"statistics file '{path}' does not exist")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = json.loads((f.metadata() or {})["lowrank_stats"])
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:  # safetensors raises several types for corrupt files
+            raise ModelFileError(f"statistics file '{path}' is not a lowrank statistics file: "
+                                 f"{exc}") from exc
+        if header.get("version", 0) > STATS_FORMAT_VERSION:
+            raise ModelFileError(f"statistics file '{path}' has format version "
+                                 f"{header['version']}, newer than {STATS_FORMAT_VERSION}")
+        stats = cls(module_site=dict(header["module_site"]), meta=header.get("meta", {}))
+        for key, tokens in header["tokens"].items():
+            stats.sites[key] = SiteStats(tensors[f"site/{key}/gram"],
+                                         tensors[f"site/{key}/abs_sum"], int(tokens))
+        for key, batches in header.get("fisher_batches", {}).items():
+            stats.fisher[key] = FisherStats(tensors[f"fisher/{key}/row_sum"],
+                                            tensors[f"fisher/{key}/col_sum"], int(batches))
+        return stats
+
+
+def shared_input_sites(
+    model: nn.Module, modules: dict[str, nn.Linear], probe: TokenBatch
+) -> dict[str, str]:
+    """Map each module to a site name: modules that receive the very same input tensor share one.
+
+    Found with one forward pass on ``probe`` that keeps every input alive, so tensor identity is
+    reliable (no reuse of freed memory). The site is named after its first module.
+    """
+    seen: list[tuple[torch.Tensor, str]] = []
+    mapping: dict[str, str] = {}
+
+    def make_hook(name: str) -> Callable:
+        def hook(_module: nn.Module, args: tuple) -> None:
+            x = args[0]
+            for other, site in seen:
+                if other is x:
+                    mapping[name] = site
+                    return
+            seen.append((x, name))
+            mapping[name] = name
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(make_hook(n)) for n, m in modules.items()]
+    try:
+        with torch.no_grad():
+            model(input_ids=probe.input_ids, attention_mask=probe.attention_mask)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n in modules if n not in mapping]
+    if missing:
+        raise DataError(f"modules never ran during calibration: {missing[:5]}")
+    return mapping
+
+
+def collect_statistics(
+    model: nn.Module,
+    modules: dict[str, nn.Linear],
+    data: TokenizedText,
+    *,
+    fisher_loss: str | None = None,
+    tokenizer=None,
+    batch_size: int = 16,
+    fisher_batch_size: int = 8,
+    quiet: bool = True,
+) -> CalibrationStats:
+    """One forward pass over ``data`` collecting per-site input statistics for ``modules``.
+
+    ``fisher_loss`` adds the diagonal Fisher of each module's weight: ``"causal-lm"``
+    (next-token loss) or ``"contrastive"`` (in-batch contrastive loss between the two halves of
+    each passage, for embedding models without a head; needs ``tokenizer``). Squared gradients
+    are taken per micro-batch of ``fisher_batch_size`` passages (recorded in ``meta``).
+    """
+    if not modules:
+        raise DataError("no modules to collect statistics for")
+    device = next(model.parameters()).device
+    sites = shared_input_sites(model, modules, next(data.batches(2)).to(device))
+    stats = CalibrationStats(module_site=sites)
+    for name, site in sites.items():
+        if site == name:
+            n = modules[name].in_features
+            stats.sites[site] = SiteStats(torch.zeros(n, n, dtype=torch.float64, device=device),
+                                          torch.zeros(n, dtype=torch.float64, device=device))
+    current_mask: list[torch.Tensor] = []
+
+    def make_hook(site: str) -> Callable:
+        entry = stats.sites[site]
+
+        def hook(_module: nn.Module, args: tuple) -> None:
+            x = args[0]
+            flat = x.reshape(-1, x.shape[-1])
+            mask = current_mask[0].reshape(-1).bool()
+            if flat.shape[0] == mask.shape[0]:
+                flat = flat[mask]
+            xd = flat.to(torch.float64)
+            entry.gram.addmm_(xd.T, xd)
+            entry.abs_sum += xd.abs().sum(0)
+            entry.tokens += int(xd.shape[0])
+
+        return hook
+
+    handles = [modules[site].register_forward_pre_hook(make_hook(site)) for site in stats.sites]
+    try:
+        with torch.no_grad():
+            for batch in progress(list(data.batches(batch_size)), "calibration", quiet=quiet):
+                batch = batch.to(device)
+                current_mask[:] = [batch.attention_mask]
+                model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    finally:
+        for h in handles:
+            h.remove()
+    stats.meta.update({"samples": len(data), "seq_len": int(data.input_ids.shape[1]),
+                       "tokens": data.num_tokens})
+    if fisher_loss is not None:
+        stats.fisher = collect_fisher(model, modules, data, fisher_loss, tokenizer=tokenizer,
+                                      batch_size=fisher_batch_size, quiet=quiet)
+        stats.meta.update({"fisher_loss": fisher_loss,
+                           "fisher_estimate": f"squared gradients per micro-batch of "
+                                              f"{fisher_batch_size} passages"})
+    return stats
+
+
+def collect_fisher(
+    model: nn.Module,
+    modules: dict[str, nn.Linear],
+    data: TokenizedText,
+    loss: str,
+    *,
+    tokenizer=None,
+    batch_size: int = 8,
+    quiet: bool = True,
+) -> dict[str, FisherStats]:
+    """Sum of squared gradients of ``loss`` w.r.t. each module weight, reduced to row/col sums."""
+    from ..models.forward import causal_lm_loss, contrastive_loss
+
+    if loss not in ("causal-lm", "contrastive"):
+        raise DataError(f"unknown Fisher loss '{loss}': expected 'causal-lm' or 'contrastive'")
+    device = next(model.parameters()).device
+    if loss == "contrastive":
+        if tokenizer is None:
+            raise DataError("the contrastive Fisher loss needs the tokenizer")
+        first, second = split_halves(data.texts)
+        seq_len = int(data.input_ids.shape[1])
+        halves = (tokenize(first, tokenizer, seq_len), tokenize(second, tokenizer, seq_len))
+        if len(halves[0]) != len(halves[1]):
+            raise DataError("some passages are too short to split into two halves")
+        pairs = zip(halves[0].batches(batch_size), halves[1].batches(batch_size), strict=True)
+        steps: Iterable = list(pairs)
+    else:
+        steps = list(data.batches(batch_size))
+    weights = {name: m.weight for name, m in modules.items()}
+    saved = {id(p): p.requires_grad for p in model.parameters()}
+    out = {name: FisherStats(torch.zeros(w.shape[0], dtype=torch.float64, device=device),
+                             torch.zeros(w.shape[1], dtype=torch.float64, device=device))
+           for name, w in weights.items()}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for w in weights.values():
+            w.requires_grad_(True)
+        for step in progress(steps, "fisher", quiet=quiet):
+            model.zero_grad(set_to_none=True)
+            if loss == "contrastive":
+                if step[0].input_ids.shape[0] < 2:
+                    continue  # a lone passage has no in-batch negatives
+                value = contrastive_loss(model, step[0].to(device), step[1].to(device))
+            else:
+                total, count = causal_lm_loss(model, step.to(device))
+                value = total / max(count, 1)
+            value.backward()
+            for name, w in weights.items():
+                g2 = w.grad.detach().to(torch.float64) ** 2
+                out[name].row_sum += g2.sum(1)
+                out[name].col_sum += g2.sum(0)
+                out[name].batches += 1
+    finally:
+        model.zero_grad(set_to_none=True)
+        for p in model.parameters():
+            p.requires_grad_(saved[id(p)])
+    return out

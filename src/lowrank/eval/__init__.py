@@ -1,0 +1,53 @@
+"""Evaluation: embedding agreement, perplexity, latency, and one entry point for both kinds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..calib.data import TokenizedText
+from .embedding import embed, embedding_agreement, knn_overlap
+from .latency import forward_latency
+from .perplexity import perplexity
+
+
+class Evaluator:
+    """Measure a model against the original on fixed held-out tokens.
+
+    For encoders the reference embeddings of the original model are computed once
+    (:meth:`reference`); quality is ``cosine`` and ``knn10_overlap`` against them. For causal
+    LMs quality is ``perplexity``. Latency is the median forward time of one fixed batch.
+    """
+
+    def __init__(self, kind: str, tokens: TokenizedText, latency_batch: int = 8) -> None:
+        self.kind = kind
+        self.tokens = tokens
+        self.latency_batch = next(tokens.batches(latency_batch))
+        self.reference_embeddings: torch.Tensor | None = None
+
+    def reference(self, model: nn.Module) -> dict[str, Any]:
+        if self.kind == "encoder":
+            self.reference_embeddings = embed(model, self.tokens)
+        return self.measure(model)
+
+    def measure(self, model: nn.Module) -> dict[str, Any]:
+        if self.kind == "causal-lm":
+            quality: dict[str, Any] = {"perplexity": perplexity(model, self.tokens)}
+        else:
+            if self.reference_embeddings is None:
+                raise RuntimeError("call reference(original_model) before measure()")
+            quality = embedding_agreement(self.reference_embeddings, embed(model, self.tokens))
+        quality["latency_s"] = forward_latency(model, self.latency_batch)
+        return quality
+
+
+__all__ = [
+    "Evaluator",
+    "embed",
+    "embedding_agreement",
+    "forward_latency",
+    "knn_overlap",
+    "perplexity",
+]

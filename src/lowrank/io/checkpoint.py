@@ -1,0 +1,217 @@
+"""The ``lowrank`` checkpoint: ``model.safetensors`` + ``lowrank.json`` (+ config/tokenizer).
+
+The manifest records the format version, the base model, the method config and, per
+factorized module, its kind, rank, shapes and dtype, so :func:`load` rebuilds the architecture
+from ``config.json`` and then loads the tensors: no pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ModelFileError
+from ..nn import LowRankLinear
+from .atomic import atomic_directory
+
+FORMAT = "lowrank"
+FORMAT_VERSION = 1
+MANIFEST = "lowrank.json"
+WEIGHTS = "model.safetensors"
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+           "float64": torch.float64}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def build_manifest(model: nn.Module, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Describe ``model``'s factorized modules and provenance for ``lowrank.json``."""
+    modules = {
+        name: {"kind": "LowRankLinear", "rank": m.rank, "in_features": m.in_features,
+               "out_features": m.out_features, "bias": m.bias is not None,
+               "dtype": _dtype_name(m.A.dtype)}
+        for name, m in model.named_modules() if isinstance(m, LowRankLinear)
+    }
+    info = dict(getattr(model, "lowrank_manifest", {}) or {})
+    first = next(model.parameters(), None)
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "base_model": base or info.get("base_model") or {},
+        "model_class": type(model).__name__,
+        "dtype": _dtype_name(first.dtype) if first is not None else "float32",
+        "method": info.get("method"),
+        "modules": modules,
+        "tensors": sorted(_unique_state_keys(model)),
+    }
+
+
+def _unique_state_keys(model: nn.Module) -> list[str]:
+    from safetensors.torch import _remove_duplicate_names
+
+    state = model.state_dict()
+    to_remove = _remove_duplicate_names(state)
+    dropped = {name for names in to_remove.values() for name in names}
+    return [k for k in state if k not in dropped]
+
+
+def write_checkpoint(
+    model: nn.Module,
+    directory: str | os.PathLike,
+    *,
+    base: dict[str, Any] | None = None,
+    copy_files: Iterable[str | os.PathLike] = (),
+) -> dict[str, Any]:
+    """Write tensors, manifest and base config/tokenizer files into an existing directory."""
+    from safetensors.torch import save_model
+
+    directory = Path(directory)
+    manifest = build_manifest(model, base)
+    save_model(model, str(directory / WEIGHTS), metadata={"format": "pt"})
+    for src in copy_files:
+        src = Path(src)
+        rel = Path(src.parent.name, src.name) if src.parent.name == "1_Pooling" else Path(src.name)
+        (directory / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, directory / rel)
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_json_string"):
+        (directory / "config.json").write_text(config.to_json_string(), encoding="utf-8")
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    return manifest
+
+
+def save(
+    model: nn.Module,
+    directory: str | os.PathLike,
+    *,
+    base: dict[str, Any] | None = None,
+    copy_files: Iterable[str | os.PathLike] = (),
+) -> Path:
+    """Save ``model`` (factorized modules included) to ``directory``, atomically.
+
+    ``copy_files`` are config/tokenizer files of the base model to keep beside the weights so
+    the directory is self-contained.
+    """
+    with atomic_directory(directory) as tmp:
+        write_checkpoint(model, tmp, base=base, copy_files=copy_files)
+    return Path(directory)
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate ``lowrank.json``; raise :class:`ModelFileError` naming the problem."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ModelFileError(f"'{directory}' is not a directory: expected a lowrank output "
+                             "directory with lowrank.json and model.safetensors")
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise ModelFileError(f"'{directory}' has no {MANIFEST}: expected a directory written by "
+                             "lowrank save / lowrank compress")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{path} is not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ModelFileError(f"{path} is not a lowrank manifest: expected \"format\": "
+                             f"\"{FORMAT}\"")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise ModelFileError(f"{path} has format_version {version!r}: expected an integer >= 1")
+    if version > FORMAT_VERSION:
+        raise ModelFileError(f"{path} has format_version {version}, newer than this lowrank "
+                             f"supports ({FORMAT_VERSION}): upgrade lowrank")
+    modules = manifest.get("modules")
+    if not isinstance(modules, dict):
+        raise ModelFileError(f"{path}: 'modules' must be an object of module entries")
+    for name, entry in modules.items():
+        ok = (isinstance(entry, dict) and entry.get("kind") == "LowRankLinear"
+              and all(isinstance(entry.get(k), int) and entry.get(k) > 0
+                      for k in ("rank", "in_features", "out_features"))
+              and entry.get("dtype", "float32") in _DTYPES)
+        if not ok or ".." in name or name.startswith("."):
+            raise ModelFileError(f"{path}: malformed entry for module '{name}': expected kind "
+                                 "LowRankLinear with positive integer rank and shapes")
+    if not (directory / WEIGHTS).is_file():
+        raise ModelFileError(f"'{directory}' has no {WEIGHTS}")
+    return manifest
+
+
+def _skeleton_from_config(directory: Path, manifest: dict[str, Any]) -> nn.Module:
+    if not (directory / "config.json").is_file():
+        raise ModelFileError(f"'{directory}' has no config.json: pass model=<skeleton module> "
+                             "to load() for models that are not Hugging Face models")
+    try:
+        import transformers
+    except ImportError as exc:
+        raise ModelFileError("loading a Hugging Face checkpoint needs transformers: "
+                             "pip install 'lowrank[hf]'") from exc
+    config = transformers.AutoConfig.from_pretrained(str(directory))
+    kind = (manifest.get("base_model") or {}).get("kind")
+    auto = transformers.AutoModelForCausalLM if kind == "causal-lm" else transformers.AutoModel
+    model = auto.from_config(config)
+    return model.to(_DTYPES.get(manifest.get("dtype", "float32"), torch.float32))
+
+
+def load(directory: str | os.PathLike, model: nn.Module | None = None,
+         device: str | torch.device | None = None) -> nn.Module:
+    """Rebuild a saved model: architecture from ``config.json`` (or the given skeleton
+    ``model``), factorized modules from ``lowrank.json``, tensors from ``model.safetensors``.
+
+    The result's outputs equal those of the model that was saved (bit-identical on the same
+    machine). Raises :class:`ModelFileError` for a missing/malformed/newer manifest or tensors
+    that the safetensors file lacks.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_model
+
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    try:
+        with safe_open(str(directory / WEIGHTS), framework="pt") as f:
+            stored = set(f.keys())
+    except Exception as exc:  # corrupt header
+        raise ModelFileError(f"{directory / WEIGHTS} is not a readable safetensors file: "
+                             f"{exc}") from exc
+    listed = manifest.get("tensors") or []
+    missing = [k for k in listed if k not in stored]
+    if missing:
+        raise ModelFileError(f"{directory / WEIGHTS} lacks tensors named in {MANIFEST}: "
+                             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    if model is None:
+        model = _skeleton_from_config(directory, manifest)
+    named = dict(model.named_modules())
+    for name, entry in manifest["modules"].items():
+        target = named.get(name)
+        if target is None:
+            raise ModelFileError(f"{MANIFEST} names module '{name}', which the model lacks")
+        if isinstance(target, nn.Linear):
+            if (target.in_features, target.out_features) != (entry["in_features"],
+                                                              entry["out_features"]):
+                raise ModelFileError(f"{MANIFEST}: shape of '{name}' disagrees with the model")
+        layer = LowRankLinear(entry["in_features"], entry["out_features"], entry["rank"],
+                              bias=bool(entry.get("bias", True)),
+                              dtype=_DTYPES[entry.get("dtype", "float32")])
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
+    try:
+        missing_keys, unexpected = load_model(model, str(directory / WEIGHTS), strict=False)
+    except RuntimeError as exc:
+        raise ModelFileError(f"{directory / WEIGHTS} does not fit the model described by "
+                             f"{MANIFEST}: {str(exc).splitlines()[0]}") from exc
+    if missing_keys or unexpected:
+        bad = list(missing_keys)[:3] + list(unexpected)[:3]
+        raise ModelFileError(f"{directory / WEIGHTS} does not match the model: missing or "
+                             f"unexpected tensors {bad}")
+    model.lowrank_manifest = {k: manifest.get(k) for k in ("method", "base_model")}
+    if device is not None:
+        model.to(device)
+    return model.eval()

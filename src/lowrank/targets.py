@@ -1,0 +1,107 @@
+"""Module selection: ``targets`` / ``ignore`` patterns over a model's named modules.
+
+A pattern is a class name (``"Linear"``), a module name matched exactly or as a dotted suffix
+(``"query"`` matches ``encoder.layer.0.attention.self.query``), or a regular expression after
+``re:`` matched against the whole name. A pattern that selects a container selects the linear
+layers inside it. With no ``targets``, the default is every ``nn.Linear`` inside the repeated
+blocks of the model (the children of a ``ModuleList`` of two or more blocks of one class): the
+attention and MLP projections of a transformer, without embeddings, heads or poolers.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+
+from torch import nn
+
+from .errors import TargetError
+
+Patterns = str | Sequence[str] | None
+
+
+def _as_list(patterns: Patterns) -> list[str]:
+    if patterns is None:
+        return []
+    if isinstance(patterns, str):
+        return [patterns]
+    return list(patterns)
+
+
+def _matches(pattern: str, name: str, module: nn.Module) -> bool:
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name) is not None
+    if type(module).__name__ == pattern:
+        return True
+    return name == pattern or name.endswith("." + pattern)
+
+
+def _block_prefixes(model: nn.Module) -> list[str]:
+    prefixes = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) >= 2:
+            kinds = {type(child) for child in module}
+            if len(kinds) == 1 and not isinstance(module[0], nn.Linear):
+                prefixes.append(name + "." if name else "")
+    return prefixes
+
+
+def default_targets(model: nn.Module) -> dict[str, nn.Linear]:
+    """Every ``nn.Linear`` inside the model's repeated blocks (all linears if it has none)."""
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    prefixes = _block_prefixes(model)
+    if not prefixes:
+        return linears
+    return {n: m for n, m in linears.items() if any(n.startswith(p) for p in prefixes)}
+
+
+def select_linears(model: nn.Module, targets: Patterns = None, ignore: Patterns = None
+                   ) -> dict[str, nn.Linear]:
+    """The ``nn.Linear`` modules selected by ``targets`` minus ``ignore`` (in model order).
+
+    Raises :class:`TargetError` when a pattern matches nothing, listing the closest names.
+    """
+    named = dict(model.named_modules())
+    target_list, ignore_list = _as_list(targets), _as_list(ignore)
+    for pattern in target_list + ignore_list:
+        if pattern.startswith("re:"):
+            try:
+                re.compile(pattern[3:])
+            except re.error as exc:
+                raise TargetError(f"invalid regular expression in '{pattern}': {exc}") from exc
+        if not any(_matches(pattern, n, m) for n, m in named.items() if n):
+            raise TargetError(_no_match_message(pattern, named))
+    if target_list:
+        hits = [n for n, m in named.items() if n and any(_matches(p, n, m) for p in target_list)]
+        selected = {
+            n: m for n, m in named.items()
+            if isinstance(m, nn.Linear) and any(n == h or n.startswith(h + ".") for h in hits)
+        }
+    else:
+        selected = default_targets(model)
+    if ignore_list:
+        dropped = [n for n, m in named.items() if n and any(_matches(p, n, m) for p in ignore_list)]
+        selected = {n: m for n, m in selected.items()
+                    if not any(n == d or n.startswith(d + ".") for d in dropped)}
+    if not selected:
+        raise TargetError(
+            f"targets {target_list or 'default'} (ignore {ignore_list}) select no nn.Linear "
+            "module: expected at least one linear layer"
+        )
+    return selected
+
+
+def _no_match_message(pattern: str, named: dict[str, nn.Module]) -> str:
+    names = [n for n in named if n]
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
+    classes = sorted({type(m).__name__ for m in named.values()})
+    probe = pattern[3:] if pattern.startswith("re:") else pattern
+    close = difflib.get_close_matches(probe, leaves + classes, n=5, cutoff=0.5)
+    if not close:
+        close = difflib.get_close_matches(probe, names, n=5, cutoff=0.4)
+    if close:
+        hint = f"; near misses: {', '.join(close)}"
+    else:
+        hint = f"; module names look like '{names[-1]}'"
+    return f"pattern '{pattern}' matches no module{hint}"
