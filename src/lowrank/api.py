@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any
 
@@ -51,6 +52,16 @@ def _fisher_loss(model: nn.Module) -> str:
     return "contrastive"
 
 
+def _tokens(data: TextSource | TokenizedText, tokenizer: Any, seq_len: int,
+            max_samples: int) -> TokenizedText:
+    if isinstance(data, TokenizedText):
+        return data
+    if tokenizer is None:
+        raise DataError("calibration text needs a tokenizer: pass tokenizer=... to compress()")
+    return tokenize(read_texts(data, "calibration"), tokenizer, seq_len=seq_len,
+                    max_samples=max_samples)
+
+
 def calibrate(
     model: nn.Module,
     config: CompressionConfig,
@@ -67,10 +78,8 @@ def calibrate(
     if isinstance(data, TokenizedText):
         tokens = data
     else:
-        texts = read_texts(data, "calibration")
-        tok = tokenizer if tokenizer is not None else _guess_tokenizer(model)
-        tokens = tokenize(texts, tok, seq_len=seq_len, max_samples=max_samples)
-        tokenizer = tok
+        tokenizer = tokenizer if tokenizer is not None else _guess_tokenizer(model)
+        tokens = _tokens(data, tokenizer, seq_len, max_samples)
     fisher = _fisher_loss(model) if "fisher" in config.needs else None
     if fisher == "contrastive" and tokenizer is None:
         tokenizer = _guess_tokenizer(model)
@@ -112,9 +121,14 @@ def compress(
     t0 = time.perf_counter()
     modules = select_linears(model, config.targets, config.ignore)
     params_before, bytes_before = count_parameters(model), count_bytes(model)
-    if stats is None and data is not None:
-        stats = calibrate(model, config, data, tokenizer=tokenizer, seq_len=seq_len,
-                          max_samples=max_samples, batch_size=batch_size, quiet=quiet)
+    tokens = None
+    if data is not None:
+        if tokenizer is None and not isinstance(data, TokenizedText):
+            tokenizer = _guess_tokenizer(model)
+        tokens = _tokens(data, tokenizer, seq_len, max_samples)
+    if stats is None and tokens is not None:
+        stats = calibrate(model, config, tokens, tokenizer=tokenizer, batch_size=batch_size,
+                          quiet=quiet)
         timings["calibration"] = time.perf_counter() - t0
     if config.requires_data and stats is None:
         raise DataError(f"method '{config.method}' needs calibration data: pass data=<texts> "
@@ -124,6 +138,11 @@ def compress(
         if missing:
             raise DataError(f"statistics do not cover targeted modules {missing[:3]}: "
                             "recollect them for these targets")
+
+    if config.refines and tokens is None:
+        raise DataError(f"method '{config.method}' with its refit stage needs calibration "
+                        "text: pass data=<texts>")
+    original = copy.deepcopy(model) if config.refines else None
 
     t1 = time.perf_counter()
     decomps, items = {}, []
@@ -176,6 +195,20 @@ def compress(
             energy_kept=energy_kept, spectrum=[float(s) for s in spectrum], notes=notes,
         ))
     timings["replace"] = time.perf_counter() - t3
+    if original is not None:
+        t4 = time.perf_counter()
+        factored = [m.name for m in reports if m.rank is not None]
+        change = config.refine(original, model, factored, tokens)
+        for m in reports:
+            if m.name in change:
+                m.notes["refit_relative_change"] = change[m.name]
+                if stats is not None:
+                    approx = model.get_submodule(m.name).weight_product().detach().double()
+                    weight = original.get_submodule(m.name).weight.detach().double()
+                    m.rel_output_error = _output_error(weight, approx,
+                                                       stats.site(m.name).gram)
+        del original
+        timings["refine"] = time.perf_counter() - t4
     timings["total"] = time.perf_counter() - t0
 
     result = CompressResult(

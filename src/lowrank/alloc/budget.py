@@ -80,6 +80,8 @@ def bisect_parameter(
 ) -> tuple[float, dict[str, int | None]]:
     """Largest ``t`` in [0, 1] whose ranks ``ranks_at(t)`` fit in ``target`` (cost increasing)."""
     lo, hi = 0.0, 1.0
+    if target >= sum(item.dense_cost() for item in items):
+        return hi, {item.name: None for item in items}  # the budget allows everything dense
     if total_cost(items, ranks_at(hi)) <= target:
         return hi, ranks_at(hi)
     for _ in range(iters):

@@ -90,7 +90,7 @@ class CalibrationStats:
                 self.fisher[key].col_sum += f.col_sum
                 self.fisher[key].batches += f.batches
             else:
-                self.fisher[key] = f
+                self.fisher[key] = FisherStats(f.row_sum.clone(), f.col_sum.clone(), f.batches)
         return self
 
     def save(self, path: str | os.PathLike) -> None:

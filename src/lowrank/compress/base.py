@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
+from ..calib.data import TokenizedText
 from ..calib.stats import CalibrationStats
 from ..errors import ConfigError
 from ..linalg import WhitenedSVD
@@ -62,6 +64,16 @@ class CompressionConfig(ABC):
     @property
     def requires_data(self) -> bool:
         return bool(self.needs)
+
+    @property
+    def refines(self) -> bool:
+        """Whether :meth:`refine` runs after the factors are in place (needs the original)."""
+        return False
+
+    def refine(self, original: nn.Module, model: nn.Module, names: list[str],
+               tokens: TokenizedText) -> dict[str, float]:
+        """Optional second stage on the compressed model; returns a per-module measure."""
+        return {}
 
     @abstractmethod
     def decompose(self, weight: torch.Tensor, name: str,

@@ -7,12 +7,15 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
+from torch import nn
 
+from ..calib.data import TokenizedText
 from ..calib.stats import CalibrationStats
 from ..errors import ConfigError
 from ..linalg import WhitenedSVD, whitened_svd
 from ..registry import register_method
 from .base import CompressionConfig
+from .refit import refit_left_factors
 
 
 @register_method
@@ -42,6 +45,15 @@ class SVDLLM(CompressionConfig):
         super().__post_init__()
         if not 0 < self.floor < 1:
             raise ConfigError(f"floor must be in (0, 1), got {self.floor}")
+
+    @property
+    def refines(self) -> bool:
+        return self.update_left
+
+    def refine(self, original: nn.Module, model: nn.Module, names: list[str],
+               tokens: TokenizedText) -> dict[str, float]:
+        """Closed-form least-squares update of each left factor (see ``compress/refit.py``)."""
+        return refit_left_factors(original, model, names, tokens)
 
     def decompose(self, weight: torch.Tensor, name: str,
                   stats: CalibrationStats | None) -> WhitenedSVD:

@@ -155,9 +155,13 @@ def _skeleton_from_config(directory: Path, manifest: dict[str, Any]) -> nn.Modul
         raise ModelFileError("loading a Hugging Face checkpoint needs transformers: "
                              "pip install 'lowrank[hf]'") from exc
     config = transformers.AutoConfig.from_pretrained(str(directory))
-    kind = (manifest.get("base_model") or {}).get("kind")
-    auto = transformers.AutoModelForCausalLM if kind == "causal-lm" else transformers.AutoModel
-    model = auto.from_config(config)
+    cls = getattr(transformers, str(manifest.get("model_class", "")), None)
+    if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
+        model = cls(config)  # the saved class itself (allow-listed: transformers models only)
+    else:
+        kind = (manifest.get("base_model") or {}).get("kind")
+        auto = transformers.AutoModelForCausalLM if kind == "causal-lm" else transformers.AutoModel
+        model = auto.from_config(config)
     return model.to(_DTYPES.get(manifest.get("dtype", "float32"), torch.float32))
 
 

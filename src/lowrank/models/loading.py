@@ -93,6 +93,7 @@ def load_model(
     decoder-only language models with ``AutoModelForCausalLM``.
     """
     transformers = _require_transformers()
+    transformers.utils.logging.disable_progress_bar()
     if name_or_path is None:
         path, name = default_model_path(), DEFAULT_MODEL_NAME
     else:
@@ -102,8 +103,9 @@ def load_model(
                 f"model path '{name_or_path}' holds no model: expected a config.json "
                 "(a Hugging Face model directory)"
             )
-        if not path.exists() and (os.sep in str(name_or_path) and str(name_or_path).count("/") != 1
-                                  or str(name_or_path).startswith((".", "/", "~"))):
+        looks_local = str(name_or_path).startswith((".", "/", "~")) or \
+            str(name_or_path).count("/") > 1
+        if not path.exists() and looks_local:
             raise ModelFileError(
                 f"model path '{name_or_path}' does not exist: expected a Hugging Face model "
                 "directory or a hub id already in the local cache"

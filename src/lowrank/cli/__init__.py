@@ -1,0 +1,1 @@
+"""The ``lowrank`` command line (needs the ``cli`` extra: typer, rich)."""

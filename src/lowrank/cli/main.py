@@ -1,0 +1,184 @@
+"""``lowrank`` command line: thin wrappers over :mod:`lowrank.workflow`.
+
+Data goes to stdout (``--json`` prints exactly one JSON object), progress to stderr. A known
+error prints one line and exits with status 2; ``LOWRANK_DEBUG=1`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import typer
+
+from ..errors import LowRankError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Low-rank structure in PyTorch models: compress, evaluate, inspect.")
+
+MODEL_ARG = typer.Argument(None, help="Hugging Face model directory or cached hub id "
+                                      "(default: the embedded all-MiniLM-L6-v2)")
+
+
+def _emit(obj: dict[str, Any], as_json: bool, human) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(obj) + "\n")
+    else:
+        human(obj)
+
+
+def _table(title: str, rows: list[tuple[str, str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for k, v in rows:
+        table.add_row(k, v)
+    Console().print(table)
+
+
+def _q(d: dict) -> str:
+    return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in d.items())
+
+
+@app.command()
+def compress(
+    model: str | None = MODEL_ARG,
+    method: str = typer.Option("svdllm", help="svd | asvd | fwsvd | svdllm"),
+    keep: float = typer.Option(0.8, help="fraction of targeted parameters kept, in (0, 1]"),
+    alloc: str = typer.Option("uniform", help="rank allocator: uniform | energy"),
+    data: str | None = typer.Option(None, help="calibration text file (default: embedded text)"),
+    eval_data: str | None = typer.Option(None, help="held-out evaluation text file"),
+    out: str = typer.Option("lowrank-out", help="output directory (written atomically)"),
+    device: str | None = typer.Option(None, help="cpu, cuda, ... (default: cuda if available)"),
+    targets: list[str] | None = typer.Option(
+        None, help="modules to compress: class name, dotted name or re:regex (repeatable)"),
+    ignore: list[str] | None = typer.Option(None, help="modules to leave dense (repeatable)"),
+    samples: int = typer.Option(256, help="number of calibration passages"),
+    seq_len: int = typer.Option(128, help="tokens per calibration/evaluation passage"),
+    seed: int = typer.Option(0, help="random seed"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object to stdout"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress on stderr"),
+) -> None:
+    """Compress a model with a low-rank method and write factors, manifest and report."""
+    from ..workflow import compress_job
+
+    summary = compress_job(model, method=method, keep=keep, alloc=alloc, data=data,
+                           eval_data=eval_data, out=out, device=device, seed=seed,
+                           targets=targets or None, ignore=ignore or None,
+                           samples=samples, seq_len=seq_len, quiet=quiet)
+
+    def human(s: dict) -> None:
+        _table(f"lowrank compress: {s['model']}", [
+            ("method", f"{s['method']} (alloc {s['alloc']}, {s['tag']})"),
+            ("keep", f"{s['keep_actual']:.4f} of targeted parameters (target {s['keep_target']})"),
+            ("parameters", f"{s['params_before']:,} -> {s['params_after']:,}"),
+            ("quality before", _q(s["quality_before"])),
+            ("quality after", _q(s["quality_after"])),
+            ("seconds", f"{s['seconds']}"),
+            ("output", s["out"]),
+        ])
+
+    _emit(summary, as_json, human)
+
+
+@app.command("eval")
+def evaluate(
+    model_or_dir: str | None = typer.Argument(
+        None, help="model directory, lowrank output directory, or nothing for the default"),
+    data: str | None = typer.Option(None, help="evaluation text file (default: held-out text)"),
+    device: str | None = typer.Option(None, help="cpu, cuda, ..."),
+    seq_len: int = typer.Option(128, help="tokens per passage"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object to stdout"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress on stderr"),
+) -> None:
+    """Evaluate a model, or a compressed directory against its base model."""
+    from ..workflow import eval_job
+
+    result = eval_job(model_or_dir, data=data, device=device, seq_len=seq_len, quiet=quiet)
+
+    def human(r: dict) -> None:
+        rows = [("model", r["model"]), ("kind", r["kind"]), ("passages", str(r["passages"])),
+                ("parameters", f"{r['params']:,}"), ("quality", _q(r["quality"]))]
+        if "base_quality" in r:
+            rows.append(("base quality", _q(r["base_quality"])))
+        _table("lowrank eval", rows)
+
+    _emit(result, as_json, human)
+
+
+@app.command()
+def inspect(
+    model: str | None = MODEL_ARG,
+    keep: float = typer.Option(0.8, help="keep fraction for the budget preview"),
+    targets: list[str] | None = typer.Option(None, help="module patterns (repeatable)"),
+    plot: str | None = typer.Option(None, help="write a PNG of the spectra here"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object to stdout"),
+) -> None:
+    """Per-layer spectra, effective ranks and a parameter-budget preview (data-free)."""
+    from ..workflow import inspect_job
+
+    result = inspect_job(model, keep=keep, targets=targets or None, plot=plot)
+
+    def human(r: dict) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"lowrank inspect: {r['model']} ({r['params']:,} parameters)")
+        for col in ("module", "shape", "effective rank", "stable rank", "break-even",
+                    f"rank @ keep {keep}"):
+            table.add_column(col)
+        for x in r["layers"]:
+            table.add_row(x["name"], "x".join(map(str, x["shape"])), str(x["effective_rank"]),
+                          str(x["stable_rank"]), str(x["break_even_rank"]),
+                          str(x["preview_rank"] or "dense"))
+        Console().print(table)
+        b = r["budget_preview"]
+        print(f"budget preview: targeted {r['targeted_params']:,} -> "
+              f"{b['targeted_params_after']:,} (keep {b['keep_actual']:.4f}); whole model "
+              f"{r['params']:,} -> {b['params_after']:,}")
+
+    if as_json:
+        for x in result["layers"]:
+            x.pop("spectrum")
+    _emit(result, as_json, human)
+
+
+@app.command()
+def report(directory: str = typer.Argument(..., help="a lowrank compress output directory")
+           ) -> None:
+    """Print the markdown report of an output directory."""
+    from ..report import render_report
+
+    sys.stdout.write(render_report(directory))
+
+
+@app.command()
+def env(as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
+    """Versions, threads and devices (for bug reports)."""
+    from ..utils.env import environment
+
+    info = environment()
+    _emit(info, as_json, lambda d: _table("lowrank env", [(k, str(v)) for k, v in d.items()]))
+
+
+def main() -> None:
+    """Entry point: run the app, turning known errors into one line and exit status 2."""
+    try:
+        app()
+    except LowRankError as exc:
+        if os.environ.get("LOWRANK_DEBUG"):
+            raise
+        print(f"lowrank: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("lowrank: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""End-to-end jobs behind the CLI: load -> calibrate -> compress -> evaluate -> save -> report.
+
+Each job is one Python call that returns a JSON-ready dict; the CLI only parses and prints.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .api import compress
+from .calib.data import TextSource, read_texts, tokenize
+from .compress.base import CompressionConfig
+from .errors import ConfigError
+from .eval import Evaluator
+from .io.atomic import atomic_directory
+from .io.checkpoint import load as load_checkpoint
+from .io.checkpoint import write_checkpoint
+from .models.loading import DEFAULT_MODEL_NAME, LoadedModel, load_model
+from .nn import count_parameters
+from .registry import get_method
+from .targets import select_linears
+from .utils.env import default_device, environment
+from .utils.log import StageLog
+
+DEFAULT_OUT = "lowrank-out"
+
+
+def make_config(method: str, keep: float, alloc: str = "uniform", seed: int = 0,
+                **extra: Any) -> CompressionConfig:
+    """Build a method config by registry name (CLI helper); extra fields pass through."""
+    return get_method(method)(keep=keep, alloc=alloc, seed=seed, **extra)
+
+
+def compress_job(
+    model: str | None = None,
+    *,
+    method: str = "svdllm",
+    keep: float = 0.8,
+    alloc: str = "uniform",
+    data: TextSource = None,
+    eval_data: TextSource = None,
+    out: str | os.PathLike = DEFAULT_OUT,
+    device: str | None = None,
+    seed: int = 0,
+    targets: list[str] | None = None,
+    ignore: list[str] | None = None,
+    seq_len: int = 128,
+    samples: int = 256,
+    quiet: bool = False,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Compress ``model`` (default: the embedded MiniLM) and write the output directory.
+
+    Returns the summary (the ``--json`` object): model, method, keep target/actual, parameter
+    counts, quality before/after, seconds and the output path. The directory holds
+    ``model.safetensors``, ``lowrank.json``, config/tokenizer files, ``report.json``,
+    ``report.md`` and PNG plots, and appears only when everything succeeded.
+    """
+    start = time.perf_counter()
+    log = StageLog(quiet)
+    # validate everything cheap before any heavy work
+    config = make_config(method, keep, alloc, seed, targets=targets, ignore=ignore)
+    calib_texts = read_texts(data, "calibration")
+    eval_texts = read_texts(eval_data, "evaluation") if eval_data is not None or data is None \
+        else None
+    torch.manual_seed(seed)
+    device = device or default_device()
+    log(f"loading {model or DEFAULT_MODEL_NAME} on {device}")
+    loaded = load_model(model, device=device)
+    select_linears(loaded.model, config.targets, config.ignore)
+    if eval_texts is None:  # user calibration text: hold out every fifth passage for eval
+        eval_texts = calib_texts[::5] if len(calib_texts) >= 5 else calib_texts
+        calib_texts = [t for i, t in enumerate(calib_texts) if i % 5] or calib_texts
+    eval_tokens = tokenize(eval_texts, loaded.tokenizer, seq_len)
+    calib_tokens = tokenize(calib_texts, loaded.tokenizer, seq_len, samples)
+    evaluator = Evaluator(loaded.kind, eval_tokens)
+    log(f"evaluating the original model on {len(eval_tokens)} held-out passages")
+    quality_before = evaluator.reference(loaded.model)
+    log(f"compressing with {config.method} (keep {config.keep}, alloc {config.alloc}) on "
+        f"{len(calib_tokens)} calibration passages")
+    result = compress(loaded.model, config, calib_tokens, tokenizer=loaded.tokenizer,
+                      quiet=quiet)
+    log("evaluating the compressed model")
+    quality_after = evaluator.measure(loaded.model)
+    summary = _summary(loaded, config, result, quality_before, quality_after, out)
+    log(f"writing {out}")
+    base = {"name": loaded.name, "path": str(loaded.path), "kind": loaded.kind}
+    loaded.model.lowrank_manifest = {"method": config.to_dict(), "base_model": base}
+    with atomic_directory(out) as tmp:
+        write_checkpoint(loaded.model, tmp, base=base, copy_files=loaded.config_files())
+        summary["seconds"] = round(time.perf_counter() - start, 2)
+        report = {**summary, "result": result.to_dict(), "environment": environment(),
+                  "data": {"calibration": _describe(data), "evaluation": _describe(eval_data),
+                           "calibration_passages": len(calib_tokens),
+                           "evaluation_passages": len(eval_tokens), "seq_len": seq_len}}
+        from .report import write_report
+
+        write_report(tmp, report, result, plots=plots)
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    log(f"done in {summary['seconds']} s")
+    return summary
+
+
+def _describe(source: TextSource) -> str:
+    if source is None:
+        return "embedded default (pydoc_data.topics)"
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    return f"{len(source)} strings"
+
+
+def _summary(loaded: LoadedModel, config, result, before, after, out) -> dict[str, Any]:
+    return {
+        "model": loaded.name,
+        "kind": loaded.kind,
+        "method": config.method,
+        "alloc": config.alloc,
+        "keep_target": config.keep,
+        "keep_actual": round(result.keep_actual, 6),
+        "compression_ratio": round(1 - result.keep_actual, 6),
+        "params_before": result.params_before,
+        "params_after": result.params_after,
+        "targeted_params_before": result.targeted_params_before,
+        "targeted_params_after": result.targeted_params_after,
+        "bytes_before": result.bytes_before,
+        "bytes_after": result.bytes_after,
+        "quality_before": before,
+        "quality_after": after,
+        "tag": result.tag,
+        "timings": {k: round(v, 3) for k, v in result.timings.items()},
+        "seconds": None,
+        "out": str(Path(out)),
+    }
+
+
+def eval_job(
+    model_or_dir: str | None = None,
+    *,
+    data: TextSource = None,
+    device: str | None = None,
+    seq_len: int = 128,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Evaluate a model or a ``lowrank`` directory on held-out text.
+
+    For a compressed directory the base model named in its manifest is the reference
+    (embedding cosine / neighbour overlap for encoders, perplexity for causal LMs).
+    """
+    log = StageLog(quiet)
+    device = device or default_device()
+    texts = read_texts(data, "evaluation")
+    path = Path(model_or_dir) if model_or_dir else None
+    is_lowrank = path is not None and path.is_dir() and (
+        (path / "lowrank.json").is_file() or not (path / "config.json").is_file())
+    if is_lowrank:
+        log(f"loading compressed model from {path}")
+        compressed = load_checkpoint(path, device=device)
+        base = (compressed.lowrank_manifest.get("base_model") or {})
+        base_ref = base.get("path") if base.get("path") and Path(base["path"]).exists() \
+            else (None if base.get("name") in (None, DEFAULT_MODEL_NAME) else base.get("name"))
+        log(f"loading base model {base_ref or DEFAULT_MODEL_NAME}")
+        loaded = load_model(base_ref, device=device)
+    else:
+        loaded = load_model(model_or_dir, device=device)
+        compressed = None
+    tokens = tokenize(texts, loaded.tokenizer, seq_len)
+    evaluator = Evaluator(loaded.kind, tokens)
+    log(f"evaluating on {len(tokens)} passages")
+    reference = evaluator.reference(loaded.model)
+    out = {"model": str(model_or_dir or DEFAULT_MODEL_NAME), "kind": loaded.kind,
+           "passages": len(tokens), "params": count_parameters(loaded.model),
+           "quality": reference}
+    if compressed is not None:
+        out.update({"base_model": loaded.name, "base_quality": reference,
+                    "params": count_parameters(compressed),
+                    "base_params": count_parameters(loaded.model),
+                    "quality": evaluator.measure(compressed)})
+    return out
+
+
+def inspect_job(
+    model: str | None = None,
+    *,
+    keep: float = 0.8,
+    targets: list[str] | None = None,
+    plot: str | os.PathLike | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Per-layer spectra, effective and stable ranks, and a budget preview at ``keep``.
+
+    Data-free: uses the weight spectra only. The preview is the uniform allocation of plain
+    SVD at ``keep``, with the resulting parameter counts.
+    """
+    from .alloc.budget import BudgetItem
+    from .registry import get_allocator
+
+    if not 0 < keep <= 1:
+        raise ConfigError(f"keep must be in (0, 1] (fraction of parameters kept), got {keep}")
+    loaded = load_model(model, device=device or "cpu")
+    modules = select_linears(loaded.model, targets)
+    layers, items = [], []
+    for name, lin in modules.items():
+        s = torch.linalg.svdvals(lin.weight.detach().double())
+        p = s / s.sum()
+        eff = float(torch.exp(-(p * torch.log(p.clamp_min(1e-300))).sum()))
+        stable = float((s ** 2).sum() / s[0] ** 2)
+        items.append(BudgetItem(name, lin.out_features, lin.in_features,
+                                lin.bias is not None, s))
+        layers.append({"name": name, "shape": [lin.out_features, lin.in_features],
+                       "effective_rank": round(eff, 2), "stable_rank": round(stable, 2),
+                       "break_even_rank": round(items[-1].break_even, 1),
+                       "spectrum": [float(v) for v in s]})
+    allocation = get_allocator("uniform")(items, keep)
+    for layer in layers:
+        layer["preview_rank"] = allocation.ranks[layer["name"]]
+    total = count_parameters(loaded.model)
+    out = {
+        "model": loaded.name, "kind": loaded.kind, "params": total,
+        "targeted_params": allocation.params_before,
+        "budget_preview": {"keep": keep, "allocator": "uniform",
+                           "targeted_params_after": allocation.params_after,
+                           "params_after": total - allocation.params_before
+                           + allocation.params_after,
+                           "keep_actual": round(allocation.keep_actual, 6)},
+        "layers": layers,
+    }
+    if plot is not None:
+        from .report.plots import plot_spectra
+
+        plot_spectra({x["name"]: x["spectrum"] for x in layers},
+                     {x["name"]: x["preview_rank"] for x in layers}, plot,
+                     title=f"{loaded.name}: weight spectra (preview ranks at keep {keep})")
+        out["plot"] = str(plot)
+    return out
+

@@ -1,0 +1,120 @@
+"""Module selection: class names, dotted suffixes, 're:' patterns, containers, ignore, defaults."""
+
+from __future__ import annotations
+
+import pytest
+from torch import nn
+
+from lowrank.errors import LowRankError, TargetError
+from lowrank.targets import default_targets, select_linears
+
+BERT_LINEARS = ["attention.self.query", "attention.self.key", "attention.self.value",
+                "attention.output.dense", "intermediate.dense", "output.dense"]
+LLAMA_LINEARS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+
+
+def _all_linears(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+
+
+def test_default_targets_bert(tiny_bert):
+    names = list(select_linears(tiny_bert))
+    expected = [f"encoder.layer.{i}.{s}" for i in range(2) for s in BERT_LINEARS]
+    assert names == expected
+    assert "pooler.dense" in _all_linears(tiny_bert)
+    assert list(default_targets(tiny_bert)) == expected
+
+
+def test_default_targets_llama(tiny_llama):
+    names = list(select_linears(tiny_llama))
+    expected = [f"model.layers.{i}.{s}" for i in range(2) for s in LLAMA_LINEARS]
+    assert names == expected
+    assert "lm_head" in _all_linears(tiny_llama)
+    # GQA: k/v are narrower than q
+    mods = select_linears(tiny_llama)
+    q, k = mods["model.layers.0.self_attn.q_proj"], mods["model.layers.0.self_attn.k_proj"]
+    assert k.out_features < q.out_features
+
+
+def test_class_name_pattern(tiny_bert):
+    assert list(select_linears(tiny_bert, "Linear")) == _all_linears(tiny_bert)
+
+
+def test_dotted_suffix_and_exact_name(tiny_bert):
+    assert list(select_linears(tiny_bert, "query")) == [
+        "encoder.layer.0.attention.self.query", "encoder.layer.1.attention.self.query"]
+    assert list(select_linears(tiny_bert, ["self.key"])) == [
+        "encoder.layer.0.attention.self.key", "encoder.layer.1.attention.self.key"]
+    assert list(select_linears(tiny_bert, "encoder.layer.1.output.dense")) == [
+        "encoder.layer.1.output.dense"]
+    # a suffix must end at a dot: 'uery' is not a suffix pattern of 'query'
+    with pytest.raises(TargetError):
+        select_linears(tiny_bert, "uery")
+
+
+def test_regex_pattern(tiny_llama):
+    names = list(select_linears(tiny_llama, r"re:.*layers\.1\.mlp\.(gate|up)_proj"))
+    assert names == ["model.layers.1.mlp.gate_proj", "model.layers.1.mlp.up_proj"]
+    # full match only: a partial regex matches nothing
+    with pytest.raises(TargetError):
+        select_linears(tiny_llama, "re:gate")
+
+
+def test_container_selects_inner_linears(tiny_bert, tiny_llama):
+    names = list(select_linears(tiny_bert, "attention"))
+    assert names == [f"encoder.layer.{i}.{s}" for i in range(2) for s in BERT_LINEARS[:4]]
+    # a container class name works too
+    cls = type(tiny_llama.model.layers[0].mlp).__name__
+    names = list(select_linears(tiny_llama, cls))
+    assert names == [f"model.layers.{i}.mlp.{p}_proj" for i in range(2)
+                     for p in ("gate", "up", "down")]
+    # a regex matching a whole block
+    assert list(select_linears(tiny_bert, r"re:encoder\.layer\.0")) == [
+        f"encoder.layer.0.{s}" for s in BERT_LINEARS]
+
+
+def test_ignore(tiny_bert, tiny_llama):
+    names = list(select_linears(tiny_bert, ignore=["key", "intermediate"]))
+    assert not any(n.endswith(".key") or ".intermediate." in n for n in names)
+    assert len(names) == 8
+    names = list(select_linears(tiny_llama, "Linear", ignore="lm_head"))
+    assert names == list(select_linears(tiny_llama))
+    with pytest.raises(TargetError, match="no nn.Linear"):
+        select_linears(tiny_bert, "query", ignore="attention")
+
+
+def test_unmatched_pattern_lists_near_misses(tiny_bert):
+    with pytest.raises(TargetError) as info:
+        select_linears(tiny_bert, "qurey")
+    message = str(info.value)
+    assert "qurey" in message and "near misses" in message and "query" in message
+    assert isinstance(info.value, LowRankError) and isinstance(info.value, ValueError)
+    with pytest.raises(TargetError, match="q_proj"):
+        select_linears(tiny_bert, ignore="q_proj")  # ignore patterns are checked too
+
+
+def test_invalid_regex(tiny_bert):
+    with pytest.raises(TargetError, match="regular expression"):
+        select_linears(tiny_bert, "re:([")
+
+
+def test_model_without_blocks_defaults_to_all_linears():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    assert list(select_linears(model)) == ["0", "2"]
+
+
+def test_modulelist_of_linears_is_not_a_block():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.heads = nn.ModuleList([nn.Linear(4, 4) for _ in range(3)])
+            self.blocks = nn.ModuleList([nn.Sequential(nn.Linear(4, 4)) for _ in range(2)])
+            self.out = nn.Linear(4, 1)
+
+    assert list(select_linears(Net())) == ["blocks.0.0", "blocks.1.0"]
+
+
+def test_non_linear_target_raises(tiny_bert):
+    with pytest.raises(TargetError, match="no nn.Linear"):
+        select_linears(tiny_bert, "LayerNorm")
