@@ -154,7 +154,9 @@ def test_merge_equals_union(tiny_llama, calib_tokens, llama_stats):
     for key, site in llama_stats.sites.items():
         m = merged.sites[key]
         assert m.tokens == site.tokens
-        torch.testing.assert_close(m.gram, site.gram, rtol=1e-6, atol=1e-6)
+        # float32 per-batch products: different batch splits round differently (~1e-6 rel)
+        scale = float(site.gram.abs().max())
+        torch.testing.assert_close(m.gram, site.gram, rtol=2e-5, atol=2e-5 * scale)
         torch.testing.assert_close(m.abs_sum, site.abs_sum, rtol=1e-6, atol=1e-8)
 
 

@@ -47,6 +47,32 @@ def test_compress_json_writes_complete_directory(monkeypatch, capsys, tmp_path):
     evaluated = json.loads(capsys.readouterr().out)
     assert abs(evaluated["quality"]["cosine"] - summary["quality_after"]["cosine"]) < 1e-5
 
+    # the markdown report can be re-rendered from report.json
+    monkeypatch.setattr(sys, "argv", ["lowrank", "report", str(out)])
+    try:
+        main()
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    markdown = capsys.readouterr().out
+    assert "## Modules" in markdown and "spectra.png" in markdown
+
+
+def test_inspect_json_and_plot(monkeypatch, capsys, tmp_path):
+    plot = tmp_path / "spectra.png"
+    monkeypatch.setattr(sys, "argv", ["lowrank", "inspect", "--json", "--keep", "0.5",
+                                      "--plot", str(plot)])
+    try:
+        main()
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    info = json.loads(capsys.readouterr().out)
+    assert len(info["layers"]) == 36
+    layer = info["layers"][0]
+    assert 1 <= layer["effective_rank"] <= min(layer["shape"])
+    assert 1 <= layer["stable_rank"] <= min(layer["shape"])
+    assert abs(info["budget_preview"]["keep_actual"] - 0.5) <= 0.0025
+    assert plot.is_file() and plot.stat().st_size > 1000
+
 
 def test_load_is_bit_identical_and_dense_export_matches(tmp_path):
     loaded = load_model(None)

@@ -188,6 +188,7 @@ def collect_statistics(
     tokenizer=None,
     batch_size: int = 16,
     fisher_batch_size: int = 8,
+    product_dtype: torch.dtype = torch.float32,
     quiet: bool = True,
 ) -> CalibrationStats:
     """One forward pass over ``data`` collecting per-site input statistics for ``modules``.
@@ -196,6 +197,11 @@ def collect_statistics(
     (next-token loss) or ``"contrastive"`` (in-batch contrastive loss between the two halves of
     each passage, for embedding models without a head; needs ``tokenizer``). Squared gradients
     are taken per micro-batch of ``fisher_batch_size`` passages (recorded in ``meta``).
+
+    Each batch's ``X^T X`` (at most ``batch_size * seq_len`` tokens) is formed in
+    ``product_dtype`` and added to a float64 accumulator: float32 products cost about half
+    of float64 ones on CPU and changed no measured result (embedding cosine equal to 1e-7 on
+    MiniLM); pass ``torch.float64`` for fully float64 statistics.
     """
     if not modules:
         raise DataError("no modules to collect statistics for")
@@ -218,10 +224,10 @@ def collect_statistics(
             mask = current_mask[0].reshape(-1).bool()
             if flat.shape[0] == mask.shape[0]:
                 flat = flat[mask]
-            xd = flat.to(torch.float64)
-            entry.gram.addmm_(xd.T, xd)
-            entry.abs_sum += xd.abs().sum(0)
-            entry.tokens += int(xd.shape[0])
+            xp = flat.to(product_dtype)
+            entry.gram += (xp.T @ xp).to(torch.float64)
+            entry.abs_sum += flat.abs().sum(0, dtype=torch.float64)
+            entry.tokens += int(flat.shape[0])
 
         return hook
 
@@ -236,7 +242,8 @@ def collect_statistics(
         for h in handles:
             h.remove()
     stats.meta.update({"samples": len(data), "seq_len": int(data.input_ids.shape[1]),
-                       "tokens": data.num_tokens})
+                       "tokens": data.num_tokens, "gram_products": str(product_dtype),
+                       "gram_accumulator": "torch.float64"})
     if fisher_loss is not None:
         stats.fisher = collect_fisher(model, modules, data, fisher_loss, tokenizer=tokenizer,
                                       batch_size=fisher_batch_size, quiet=quiet)
