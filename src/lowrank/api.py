@@ -6,26 +6,17 @@ import copy
 import time
 from typing import Any
 
-import torch
 from torch import nn
 
-from .alloc.budget import BudgetItem
 from .calib.data import TextSource, TokenizedText, read_texts, tokenize
 from .calib.stats import CalibrationStats, collect_statistics
-from .compress.base import CompressionConfig
-from .compress.result import CompressResult, ModuleReport
+from .compress.base import CompressionConfig, output_error, replace_module
+from .compress.result import CompressResult
 from .errors import ConfigError, DataError
 from .nn import LowRankLinear, count_bytes, count_parameters
-from .registry import get_allocator
 from .targets import select_linears
 
 MANIFEST_ATTR = "lowrank_manifest"
-
-
-def _replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
 
 
 def _guess_tokenizer(model: nn.Module) -> Any:
@@ -87,13 +78,6 @@ def calibrate(
                               batch_size=batch_size, quiet=quiet)
 
 
-def _output_error(weight: torch.Tensor, approx: torch.Tensor, gram: torch.Tensor) -> float:
-    delta = weight - approx
-    num = torch.einsum("ij,jk,ik->", delta, gram, delta).clamp_min(0)
-    den = torch.einsum("ij,jk,ik->", weight, gram, weight).clamp_min(1e-300)
-    return float((num / den).sqrt())
-
-
 def compress(
     model: nn.Module,
     config: CompressionConfig,
@@ -145,56 +129,9 @@ def compress(
     original = copy.deepcopy(model) if config.refines else None
 
     t1 = time.perf_counter()
-    decomps, items = {}, []
-    for name, lin in modules.items():
-        weight = lin.weight.detach().to(torch.float64)
-        decomps[name] = config.decompose(weight, name, stats)
-        items.append(BudgetItem(name, lin.out_features, lin.in_features, lin.bias is not None,
-                                decomps[name].spectrum))
-    timings["decomposition"] = time.perf_counter() - t1
-
-    t2 = time.perf_counter()
-    allocation = get_allocator(config.alloc)(items, config.keep)
-    timings["allocation"] = time.perf_counter() - t2
-
-    t3 = time.perf_counter()
-    reports = []
-    for item in items:
-        name, lin = item.name, modules[item.name]
-        rank = allocation.ranks[name]
-        weight = lin.weight.detach().to(torch.float64)
-        spectrum = decomps[name].spectrum
-        energy_total = float((spectrum.double() ** 2).sum()) or 1.0
-        notes: dict[str, Any] = {}
-        if rank is None:
-            approx, energy_kept = weight, 1.0
-        else:
-            B, A = decomps[name].factors(rank)
-            new = LowRankLinear.from_factors(
-                B.to(lin.weight.dtype), A.to(lin.weight.dtype),
-                None if lin.bias is None else lin.bias.detach(),
-            ).to(lin.weight.device)
-            if not (torch.isfinite(new.A).all() and torch.isfinite(new.B).all()):
-                raise DataError(f"decomposition of '{name}' produced non-finite factors; "
-                                "the module was left unchanged")
-            approx = new.weight_product().detach().to(torch.float64)
-            energy_kept = 1.0 - decomps[name].tail_energy(rank) / energy_total
-            _replace_module(model, name, new)
-        root = getattr(decomps[name].right, "num_floored", None)
-        if root is not None:
-            notes["gram_eigenvalues_floored"] = root
-            notes["gram_condition"] = decomps[name].right.condition
-        out_err = None
-        if stats is not None:
-            out_err = _output_error(weight, approx, stats.site(name).gram.to(weight.device))
-        reports.append(ModuleReport(
-            name=name, out_features=item.out_features, in_features=item.in_features,
-            rank=rank, params_before=item.dense_cost(), params_after=item.cost(rank),
-            rel_output_error=out_err,
-            rel_weight_error=float((weight - approx).norm() / weight.norm().clamp_min(1e-300)),
-            energy_kept=energy_kept, spectrum=[float(s) for s in spectrum], notes=notes,
-        ))
-    timings["replace"] = time.perf_counter() - t3
+    outcome = config.apply(model, modules, stats)
+    reports = outcome.reports
+    timings["compression"] = time.perf_counter() - t1
     if original is not None:
         t4 = time.perf_counter()
         factored = [m.name for m in reports if m.rank is not None]
@@ -205,19 +142,20 @@ def compress(
                 if stats is not None:
                     approx = model.get_submodule(m.name).weight_product().detach().double()
                     weight = original.get_submodule(m.name).weight.detach().double()
-                    m.rel_output_error = _output_error(weight, approx,
-                                                       stats.site(m.name).gram)
+                    m.rel_output_error = output_error(weight, approx,
+                                                      stats.site(m.name).gram)
         del original
         timings["refine"] = time.perf_counter() - t4
     timings["total"] = time.perf_counter() - t0
 
     result = CompressResult(
-        method=config.to_dict(), keep_target=config.keep, keep_actual=allocation.keep_actual,
-        targeted_params_before=allocation.params_before,
-        targeted_params_after=allocation.params_after,
+        method=config.to_dict(), keep_target=outcome.keep_target,
+        keep_actual=outcome.params_after / max(outcome.params_before, 1),
+        targeted_params_before=outcome.params_before,
+        targeted_params_after=outcome.params_after,
         params_before=params_before, params_after=count_parameters(model),
         bytes_before=bytes_before, bytes_after=count_bytes(model), modules=reports,
-        allocation=allocation.to_dict(), timings=timings,
+        allocation=outcome.allocation, timings=timings,
         calibration=dict(stats.meta) if stats is not None else {},
     )
     setattr(model, MANIFEST_ATTR, {"method": config.to_dict()})
@@ -228,5 +166,5 @@ def to_dense(model: nn.Module) -> nn.Module:
     """Replace every :class:`LowRankLinear` by an equivalent ``nn.Linear`` (in place)."""
     for name, module in list(model.named_modules()):
         if isinstance(module, LowRankLinear):
-            _replace_module(model, name, module.to_linear())
+            replace_module(model, name, module.to_linear())
     return model

@@ -5,6 +5,7 @@ Each job is one Python call that returns a JSON-ready dict; the CLI only parses 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -32,8 +33,15 @@ DEFAULT_OUT = "lowrank-out"
 
 def make_config(method: str, keep: float, alloc: str = "uniform", seed: int = 0,
                 **extra: Any) -> CompressionConfig:
-    """Build a method config by registry name (CLI helper); extra fields pass through."""
-    return get_method(method)(keep=keep, alloc=alloc, seed=seed, **extra)
+    """Build a method config by registry name (CLI helper); extra fields pass through.
+
+    ``keep`` and ``alloc`` go only to methods that budget parameters (factorizations).
+    """
+    cls = get_method(method)
+    names = {f.name for f in dataclasses.fields(cls)}
+    budget = {k: v for k, v in (("keep", keep), ("alloc", alloc)) if k in names}
+    return cls(seed=seed, **budget, **{k: v for k, v in extra.items() if v is not None
+                                       or k in ("targets", "ignore")})
 
 
 def compress_job(
@@ -81,8 +89,7 @@ def compress_job(
     evaluator = Evaluator(loaded.kind, eval_tokens)
     log(f"evaluating the original model on {len(eval_tokens)} held-out passages")
     quality_before = evaluator.reference(loaded.model)
-    log(f"compressing with {config.method} (keep {config.keep}, alloc {config.alloc}) on "
-        f"{len(calib_tokens)} calibration passages")
+    log(f"compressing with {config.method} on {len(calib_tokens)} calibration passages")
     result = compress(loaded.model, config, calib_tokens, tokenizer=loaded.tokenizer,
                       quiet=quiet)
     log("evaluating the compressed model")
@@ -119,8 +126,8 @@ def _summary(loaded: LoadedModel, config, result, before, after, out) -> dict[st
         "model": loaded.name,
         "kind": loaded.kind,
         "method": config.method,
-        "alloc": config.alloc,
-        "keep_target": config.keep,
+        "alloc": getattr(config, "alloc", None),
+        "keep_target": getattr(config, "keep", None),
         "keep_actual": round(result.keep_actual, 6),
         "compression_ratio": round(1 - result.keep_actual, 6),
         "params_before": result.params_before,

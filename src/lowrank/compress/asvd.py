@@ -12,12 +12,12 @@ from ..calib.stats import CalibrationStats
 from ..errors import ConfigError
 from ..linalg import DiagonalRoot, WhitenedSVD, whitened_svd
 from ..registry import register_method
-from .base import CompressionConfig
+from .factorize import FactorizationConfig
 
 
 @register_method
 @dataclass
-class ASVD(CompressionConfig):
+class ASVD(FactorizationConfig):
     """Scale input channels by ``s^alpha`` (``s = mean |x|`` on calibration data) before the SVD.
 
     ``W' = SVD_k(W diag(s^alpha)) diag(s^-alpha)``: channels with large activations are

@@ -13,28 +13,35 @@ from torch import nn
 from ..calib.data import TokenizedText
 from ..calib.stats import CalibrationStats
 from ..errors import ConfigError
-from ..linalg import WhitenedSVD
+from .result import ModuleReport
+
+
+@dataclass
+class MethodOutcome:
+    """What a method did to the targeted modules: one report each, and how it budgeted."""
+
+    reports: list[ModuleReport]
+    allocation: dict[str, Any] = field(default_factory=dict)
+    keep_target: float | None = None
+    params_before: int = 0  # targeted parameters before / after
+    params_after: int = 0
 
 
 @dataclass
 class CompressionConfig(ABC):
-    """Fields every post-training low-rank method shares.
+    """Fields every compression method shares, validation and the JSON round trip.
 
-    Subclasses set ``method`` (registry name), ``needs`` (statistics they consume: ``"gram"``,
-    ``"abs_mean"``, ``"fisher"``) and implement :meth:`decompose`, which returns the weighted SVD
-    of one weight from which factors at any rank follow.
+    Subclasses set ``method`` (registry name) and ``needs`` (statistics they consume:
+    ``"gram"``, ``"abs_mean"``, ``"fisher"``), and implement :meth:`apply`, which transforms
+    the selected modules of a model in place. Low-rank factorizations derive from
+    :class:`lowrank.compress.factorize.FactorizationConfig`, which adds ``keep`` and
+    ``alloc``.
     """
 
     method: ClassVar[str] = ""
     needs: ClassVar[frozenset[str]] = frozenset()
     version: ClassVar[int] = 1
 
-    keep: float = field(default=0.8, metadata={
-        "help": "fraction of the targeted parameters that remain (0 < keep <= 1); keep=0.8 is "
-                "what the literature calls a 20% compression ratio"})
-    alloc: str = field(default="uniform", metadata={
-        "help": "rank allocator: 'uniform' (same keep for every matrix) or 'energy' (same "
-                "fraction of weighted spectral energy per matrix, bisected to the budget)"})
     targets: list[str] | None = field(default=None, metadata={
         "help": "modules to compress: class names, dotted names or 're:' regexes; default: "
                 "every linear layer inside the repeated blocks"})
@@ -43,22 +50,11 @@ class CompressionConfig(ABC):
     seed: int = field(default=0, metadata={"help": "random seed (randomized solvers)"})
 
     def __post_init__(self) -> None:
-        from ..registry import allocator_names
-
-        if isinstance(self.keep, bool) or not isinstance(self.keep, (int, float)):
-            raise ConfigError(f"keep must be a number in (0, 1], got {self.keep!r}")
-        if not 0 < float(self.keep) <= 1:
-            raise ConfigError(
-                f"keep must be in (0, 1] (fraction of parameters kept), got {self.keep}")
-        self.keep = float(self.keep)
-        if self.alloc not in allocator_names():
-            raise ConfigError(f"unknown allocator '{self.alloc}': expected one of "
-                              f"{', '.join(allocator_names())}")
         if isinstance(self.targets, str):
             self.targets = [self.targets]
         if isinstance(self.ignore, str):
             self.ignore = [self.ignore]
-        if not isinstance(self.seed, int):
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"seed must be an int, got {self.seed!r}")
 
     @property
@@ -76,9 +72,9 @@ class CompressionConfig(ABC):
         return {}
 
     @abstractmethod
-    def decompose(self, weight: torch.Tensor, name: str,
-                  stats: CalibrationStats | None) -> WhitenedSVD:
-        """Weighted SVD of ``weight`` (out x in, float64) for module ``name``."""
+    def apply(self, model: nn.Module, modules: dict[str, nn.Module],
+              stats: CalibrationStats | None) -> MethodOutcome:
+        """Transform ``modules`` of ``model`` in place and report each one."""
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -87,6 +83,21 @@ class CompressionConfig(ABC):
     @classmethod
     def help(cls) -> dict[str, str]:
         return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` where the submodule ``name`` was."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def output_error(weight: torch.Tensor, approx: torch.Tensor, gram: torch.Tensor) -> float:
+    """``||(W - W')X||_F / ||W X||_F`` from the input Gram ``X X^T`` (float64)."""
+    delta = weight - approx
+    num = torch.einsum("ij,jk,ik->", delta, gram, delta).clamp_min(0)
+    den = torch.einsum("ij,jk,ik->", weight, gram, weight).clamp_min(1e-300)
+    return float((num / den).sqrt())
 
 
 def config_from_dict(data: dict[str, Any]) -> CompressionConfig:

@@ -12,12 +12,12 @@ from ..calib.stats import CalibrationStats
 from ..errors import ConfigError, DataError
 from ..linalg import DiagonalRoot, WhitenedSVD, whitened_svd
 from ..registry import register_method
-from .base import CompressionConfig
+from .factorize import FactorizationConfig
 
 
 @register_method
 @dataclass
-class FWSVD(CompressionConfig):
+class FWSVD(FactorizationConfig):
     """Weight each row of ``W`` by the square root of its summed Fisher information.
 
     ``I_ij`` is the sum of squared gradients of the model's own loss (causal-LM loss, or the

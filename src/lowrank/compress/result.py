@@ -28,7 +28,7 @@ class CompressResult:
     """Returned by :func:`lowrank.compress`; ``to_dict`` is the core of ``report.json``."""
 
     method: dict[str, Any]
-    keep_target: float
+    keep_target: float | None
     keep_actual: float
     targeted_params_before: int
     targeted_params_after: int

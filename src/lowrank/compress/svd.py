@@ -10,12 +10,12 @@ import torch
 from ..calib.stats import CalibrationStats
 from ..linalg import WhitenedSVD, whitened_svd
 from ..registry import register_method
-from .base import CompressionConfig
+from .factorize import FactorizationConfig
 
 
 @register_method
 @dataclass
-class SVD(CompressionConfig):
+class SVD(FactorizationConfig):
     """Truncated SVD ``W ~= U_k S_k V_k^T``, singular values split evenly between the factors.
 
     Minimises ``||W - W'||_F`` and ignores the inputs, which is why it degrades quickly on

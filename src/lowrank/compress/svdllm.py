@@ -14,13 +14,13 @@ from ..calib.stats import CalibrationStats
 from ..errors import ConfigError
 from ..linalg import WhitenedSVD, whitened_svd
 from ..registry import register_method
-from .base import CompressionConfig
+from .factorize import FactorizationConfig
 from .refit import refit_left_factors
 
 
 @register_method
 @dataclass
-class SVDLLM(CompressionConfig):
+class SVDLLM(FactorizationConfig):
     """Truncate in the whitened space of the inputs: ``W' = SVD_k(W S) S^-1`` with ``S S^T = G``.
 
     ``G`` is the calibration input Gram, so the truncation minimises the output error

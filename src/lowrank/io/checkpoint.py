@@ -19,28 +19,20 @@ from torch import nn
 
 from ..errors import ModelFileError
 from ..nn import LowRankLinear
+from ..nn.kinds import DTYPES as _DTYPES
+from ..nn.kinds import dtype_name as _dtype_name
+from ..nn.kinds import entry_of, is_serialisable, module_kind
 from .atomic import atomic_directory
 
 FORMAT = "lowrank"
 FORMAT_VERSION = 1
 MANIFEST = "lowrank.json"
 WEIGHTS = "model.safetensors"
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-           "float64": torch.float64}
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def build_manifest(model: nn.Module, base: dict[str, Any] | None = None) -> dict[str, Any]:
     """Describe ``model``'s factorized modules and provenance for ``lowrank.json``."""
-    modules = {
-        name: {"kind": "LowRankLinear", "rank": m.rank, "in_features": m.in_features,
-               "out_features": m.out_features, "bias": m.bias is not None,
-               "dtype": _dtype_name(m.A.dtype)}
-        for name, m in model.named_modules() if isinstance(m, LowRankLinear)
-    }
+    modules = {name: entry_of(m) for name, m in model.named_modules() if is_serialisable(m)}
     info = dict(getattr(model, "lowrank_manifest", {}) or {})
     first = next(model.parameters(), None)
     return {
@@ -133,16 +125,23 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(modules, dict):
         raise ModelFileError(f"{path}: 'modules' must be an object of module entries")
     for name, entry in modules.items():
-        ok = (isinstance(entry, dict) and entry.get("kind") == "LowRankLinear"
-              and all(isinstance(entry.get(k), int) and entry.get(k) > 0
-                      for k in ("rank", "in_features", "out_features"))
-              and entry.get("dtype", "float32") in _DTYPES)
-        if not ok or ".." in name or name.startswith("."):
-            raise ModelFileError(f"{path}: malformed entry for module '{name}': expected kind "
-                                 "LowRankLinear with positive integer rank and shapes")
+        _module_from_entry(path, name, entry)  # validates; the module itself is discarded
     if not (directory / WEIGHTS).is_file():
         raise ModelFileError(f"'{directory}' has no {WEIGHTS}")
     return manifest
+
+
+def _module_from_entry(path: Path, name: str, entry: Any) -> nn.Module:
+    if not isinstance(name, str) or not name or ".." in name or name.startswith("."):
+        raise ModelFileError(f"{path}: invalid module name {name!r}")
+    cls = module_kind(entry.get("kind")) if isinstance(entry, dict) else None
+    if cls is None:
+        raise ModelFileError(f"{path}: malformed entry for module '{name}': expected an object "
+                             "whose 'kind' is a lowrank module such as LowRankLinear")
+    try:
+        return cls.from_manifest_entry(entry)
+    except (ValueError, TypeError) as exc:
+        raise ModelFileError(f"{path}: malformed entry for module '{name}': {exc}") from exc
 
 
 def _skeleton_from_config(directory: Path, manifest: dict[str, Any]) -> nn.Module:
@@ -197,13 +196,11 @@ def load(directory: str | os.PathLike, model: nn.Module | None = None,
         target = named.get(name)
         if target is None:
             raise ModelFileError(f"{MANIFEST} names module '{name}', which the model lacks")
-        if isinstance(target, nn.Linear):
-            if (target.in_features, target.out_features) != (entry["in_features"],
-                                                              entry["out_features"]):
-                raise ModelFileError(f"{MANIFEST}: shape of '{name}' disagrees with the model")
-        layer = LowRankLinear(entry["in_features"], entry["out_features"], entry["rank"],
-                              bias=bool(entry.get("bias", True)),
-                              dtype=_DTYPES[entry.get("dtype", "float32")])
+        layer = _module_from_entry(directory / MANIFEST, name, entry)
+        if isinstance(target, nn.Linear) and isinstance(layer, LowRankLinear) and (
+                (target.in_features, target.out_features)
+                != (layer.in_features, layer.out_features)):
+            raise ModelFileError(f"{MANIFEST}: shape of '{name}' disagrees with the model")
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
     try:

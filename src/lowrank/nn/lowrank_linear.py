@@ -7,7 +7,10 @@ import math
 import torch
 from torch import nn
 
+from .kinds import dtype_name, parse_dtype, positive_int, register_module_kind
 
+
+@register_module_kind
 class LowRankLinear(nn.Module):
     """Linear map ``in_features -> out_features`` through a rank-``rank`` bottleneck.
 
@@ -107,6 +110,17 @@ class LowRankLinear(nn.Module):
     def flops_per_token(self) -> int:
         """Multiply-accumulates x 2 for one input vector (bias adds ignored)."""
         return 2 * self.rank * (self.in_features + self.out_features)
+
+    def manifest_entry(self) -> dict:
+        return {"rank": self.rank, "in_features": self.in_features,
+                "out_features": self.out_features, "bias": self.bias is not None,
+                "dtype": dtype_name(self.A.dtype)}
+
+    @classmethod
+    def from_manifest_entry(cls, entry: dict) -> LowRankLinear:
+        return cls(positive_int(entry, "in_features"), positive_int(entry, "out_features"),
+                   positive_int(entry, "rank"), bias=bool(entry.get("bias", True)),
+                   dtype=parse_dtype(entry.get("dtype", "float32")))
 
     def extra_repr(self) -> str:
         return (
