@@ -33,10 +33,17 @@ class SiteStats:
     gram: torch.Tensor  # (n, n) float64, sum of x x^T
     abs_sum: torch.Tensor  # (n,) float64, sum of |x|
     tokens: int = 0
+    sum: torch.Tensor | None = None  # (n,) float64, sum of x (output moments follow from it)
 
     @property
     def abs_mean(self) -> torch.Tensor:
         return self.abs_sum / max(self.tokens, 1)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        if self.sum is None:
+            raise DataError("these statistics lack the input sum (collected before it existed)")
+        return self.sum / max(self.tokens, 1)
 
 
 @dataclass
@@ -84,6 +91,10 @@ class CalibrationStats:
             mine.gram += s.gram
             mine.abs_sum += s.abs_sum
             mine.tokens += s.tokens
+            if mine.sum is not None and s.sum is not None:
+                mine.sum += s.sum
+            else:
+                mine.sum = None
         for key, f in other.fisher.items():
             if key in self.fisher:
                 self.fisher[key].row_sum += f.row_sum
@@ -101,6 +112,8 @@ class CalibrationStats:
         for key, s in self.sites.items():
             tensors[f"site/{key}/gram"] = s.gram.contiguous()
             tensors[f"site/{key}/abs_sum"] = s.abs_sum.contiguous()
+            if s.sum is not None:
+                tensors[f"site/{key}/sum"] = s.sum.contiguous()
         for key, f in self.fisher.items():
             tensors[f"fisher/{key}/row_sum"] = f.row_sum.contiguous()
             tensors[f"fisher/{key}/col_sum"] = f.col_sum.contiguous()
@@ -136,7 +149,8 @@ class CalibrationStats:
         stats = cls(module_site=dict(header["module_site"]), meta=header.get("meta", {}))
         for key, tokens in header["tokens"].items():
             stats.sites[key] = SiteStats(tensors[f"site/{key}/gram"],
-                                         tensors[f"site/{key}/abs_sum"], int(tokens))
+                                         tensors[f"site/{key}/abs_sum"], int(tokens),
+                                         tensors.get(f"site/{key}/sum"))
         for key, batches in header.get("fisher_batches", {}).items():
             stats.fisher[key] = FisherStats(tensors[f"fisher/{key}/row_sum"],
                                             tensors[f"fisher/{key}/col_sum"], int(batches))
@@ -212,7 +226,8 @@ def collect_statistics(
         if site == name:
             n = modules[name].in_features
             stats.sites[site] = SiteStats(torch.zeros(n, n, dtype=torch.float64, device=device),
-                                          torch.zeros(n, dtype=torch.float64, device=device))
+                                          torch.zeros(n, dtype=torch.float64, device=device),
+                                          0, torch.zeros(n, dtype=torch.float64, device=device))
     current_mask: list[torch.Tensor] = []
 
     def make_hook(site: str) -> Callable:
@@ -227,6 +242,7 @@ def collect_statistics(
             xp = flat.to(product_dtype)
             entry.gram += (xp.T @ xp).to(torch.float64)
             entry.abs_sum += flat.abs().sum(0, dtype=torch.float64)
+            entry.sum += flat.sum(0, dtype=torch.float64)
             entry.tokens += int(flat.shape[0])
 
         return hook
