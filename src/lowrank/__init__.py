@@ -7,7 +7,19 @@
 
 from .api import calibrate, compress, to_dense
 from .calib import CalibrationStats
-from .compress import ASVD, FWSVD, SVD, SVDLLM, CompressionConfig, config_from_dict
+from .compress import (
+    AFM,
+    ASVD,
+    FWSVD,
+    RTN,
+    SVD,
+    SVDLLM,
+    CompressionConfig,
+    EoRA,
+    LoRD,
+    MagnitudePrune,
+    config_from_dict,
+)
 from .compress.result import CompressResult, ModuleReport
 from .errors import LowRankError
 from .io import load, save
@@ -17,10 +29,15 @@ from .registry import allocator_names, get_method, method_names
 __version__ = "0.1.0"
 
 __all__ = [
+    "AFM",
+    "LoRD",
     "ASVD",
     "FWSVD",
+    "RTN",
     "SVD",
     "SVDLLM",
+    "EoRA",
+    "MagnitudePrune",
     "CalibrationStats",
     "CompressResult",
     "CompressionConfig",

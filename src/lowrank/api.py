@@ -13,7 +13,7 @@ from .calib.stats import CalibrationStats, collect_statistics
 from .compress.base import CompressionConfig, output_error, replace_module
 from .compress.result import CompressResult
 from .errors import ConfigError, DataError
-from .nn import LowRankLinear, count_bytes, count_parameters
+from .nn import count_bytes, count_parameters
 from .targets import select_linears
 
 MANIFEST_ATTR = "lowrank_manifest"
@@ -95,8 +95,10 @@ def compress(
     ``data`` is calibration text (list of strings, a text file path, ``"default"`` for the
     embedded text) or already tokenised :class:`TokenizedText`; ``stats`` reuses statistics
     from :func:`calibrate` / :meth:`CalibrationStats.load`. Methods that need data raise
-    :class:`DataError` without either. Each targeted ``nn.Linear`` becomes a
-    :class:`LowRankLinear` at its allocated rank, or stays dense where that would not save.
+    :class:`DataError` without either. The method transforms its targeted modules in place
+    (factorizations put a :class:`~lowrank.nn.LowRankLinear` at each allocated rank, or leave
+    a matrix dense where that would not save; EoRA wraps a compressed layer with its
+    low-rank compensation; quantization and pruning replace or mask the weight).
     """
     if not isinstance(config, CompressionConfig):
         raise ConfigError(f"config must be a method config such as lowrank.SVDLLM(keep=0.8), "
@@ -163,8 +165,21 @@ def compress(
 
 
 def to_dense(model: nn.Module) -> nn.Module:
-    """Replace every :class:`LowRankLinear` by an equivalent ``nn.Linear`` (in place)."""
+    """Replace every structured layer by its dense equivalent, in place, outermost first:
+    ``to_linear`` (low-rank, quantized, residual layers) or ``to_embedding`` (factorized
+    embedding tables)."""
     for name, module in list(model.named_modules()):
-        if isinstance(module, LowRankLinear):
+        if not name or not _still_attached(model, name, module):
+            continue
+        if hasattr(module, "to_linear"):
             replace_module(model, name, module.to_linear())
+        elif hasattr(module, "to_embedding"):
+            replace_module(model, name, module.to_embedding())
     return model
+
+
+def _still_attached(model: nn.Module, name: str, module: nn.Module) -> bool:
+    try:
+        return model.get_submodule(name) is module
+    except AttributeError:
+        return False

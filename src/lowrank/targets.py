@@ -37,14 +37,19 @@ def _matches(pattern: str, name: str, module: nn.Module) -> bool:
     return name == pattern or name.endswith("." + pattern)
 
 
-def _block_prefixes(model: nn.Module) -> list[str]:
-    prefixes = []
+def block_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
+    """The model's repeated-block lists: ``ModuleList``s of two or more blocks of one class."""
+    found = []
     for name, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) >= 2:
             kinds = {type(child) for child in module}
             if len(kinds) == 1 and not isinstance(module[0], nn.Linear):
-                prefixes.append(name + "." if name else "")
-    return prefixes
+                found.append((name, module))
+    return found
+
+
+def _block_prefixes(model: nn.Module) -> list[str]:
+    return [name + "." if name else "" for name, _ in block_lists(model)]
 
 
 def default_targets(model: nn.Module) -> dict[str, nn.Linear]:

@@ -31,25 +31,29 @@ from .utils.log import StageLog
 DEFAULT_OUT = "lowrank-out"
 
 
-def make_config(method: str, keep: float, alloc: str = "uniform", seed: int = 0,
-                **extra: Any) -> CompressionConfig:
-    """Build a method config by registry name (CLI helper); extra fields pass through.
+def make_config(method: str, **options: Any) -> CompressionConfig:
+    """Build a method config by registry name from options (``None`` = the method's default).
 
-    ``keep`` and ``alloc`` go only to methods that budget parameters (factorizations).
+    An option the method does not have raises :class:`ConfigError` naming it and the
+    method's fields, so a flag is never silently ignored.
     """
     cls = get_method(method)
-    names = {f.name for f in dataclasses.fields(cls)}
-    budget = {k: v for k, v in (("keep", keep), ("alloc", alloc)) if k in names}
-    return cls(seed=seed, **budget, **{k: v for k, v in extra.items() if v is not None
-                                       or k in ("targets", "ignore")})
+    names = [f.name for f in dataclasses.fields(cls)]
+    given = {k: v for k, v in options.items() if v is not None}
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise ConfigError(f"method '{cls.method}' has no option {', '.join(unknown)}: its "
+                          f"options are {', '.join(names)}")
+    return cls(**given)
 
 
 def compress_job(
     model: str | None = None,
     *,
     method: str = "svdllm",
-    keep: float = 0.8,
-    alloc: str = "uniform",
+    keep: float | None = None,
+    alloc: str | None = None,
+    options: dict[str, Any] | None = None,
     data: TextSource = None,
     eval_data: TextSource = None,
     out: str | os.PathLike = DEFAULT_OUT,
@@ -61,6 +65,7 @@ def compress_job(
     samples: int = 256,
     quiet: bool = False,
     plots: bool = True,
+    adapter: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Compress ``model`` (default: the embedded MiniLM) and write the output directory.
 
@@ -72,7 +77,8 @@ def compress_job(
     start = time.perf_counter()
     log = StageLog(quiet)
     # validate everything cheap before any heavy work
-    config = make_config(method, keep, alloc, seed, targets=targets, ignore=ignore)
+    config = make_config(method, keep=keep, alloc=alloc, seed=seed, targets=targets,
+                         ignore=ignore, **(options or {}))
     calib_texts = read_texts(data, "calibration")
     eval_texts = read_texts(eval_data, "evaluation") if eval_data is not None or data is None \
         else None
@@ -108,6 +114,11 @@ def compress_job(
         from .report import write_report
 
         write_report(tmp, report, result, plots=plots)
+    if adapter is not None:
+        from .io.peft import save_eora_adapter
+
+        save_eora_adapter(loaded.model, adapter, base_model_name_or_path=str(loaded.path))
+        summary["adapter"] = str(adapter)
     summary["seconds"] = round(time.perf_counter() - start, 2)
     log(f"done in {summary['seconds']} s")
     return summary
@@ -127,7 +138,7 @@ def _summary(loaded: LoadedModel, config, result, before, after, out) -> dict[st
         "kind": loaded.kind,
         "method": config.method,
         "alloc": getattr(config, "alloc", None),
-        "keep_target": getattr(config, "keep", None),
+        "keep_target": result.keep_target,
         "keep_actual": round(result.keep_actual, 6),
         "compression_ratio": round(1 - result.keep_actual, 6),
         "params_before": result.params_before,
@@ -136,6 +147,7 @@ def _summary(loaded: LoadedModel, config, result, before, after, out) -> dict[st
         "targeted_params_after": result.targeted_params_after,
         "bytes_before": result.bytes_before,
         "bytes_after": result.bytes_after,
+        "bytes_ratio": round(result.bytes_after / max(result.bytes_before, 1), 6),
         "quality_before": before,
         "quality_after": after,
         "tag": result.tag,

@@ -159,3 +159,24 @@ def test_env_json(monkeypatch, capsys):
     assert code == 0
     info = json.loads(out)
     assert info["torch"] and "threads" in info
+
+
+def test_option_the_method_lacks(monkeypatch, capsys, tmp_path):
+    out = tmp_path / "out"
+    code, _, err = run_cli(monkeypatch, capsys, "compress", "--method", "eora", "--keep", "0.5",
+                           "--out", str(out))
+    assert_one_line_error(code, err, "eora", "keep", "rank")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--set", "novalue"], "key=value"),
+    (["--rank", "lots"], "--rank"),
+    (["--method", "eora", "--base", "quant-int3"], "quant-int3"),
+    (["--mode", "sideways"], "sideways"),
+])
+def test_bad_method_options(monkeypatch, capsys, tmp_path, args, needle):
+    out = tmp_path / "out"
+    code, _, err = run_cli(monkeypatch, capsys, "compress", *args, "--out", str(out))
+    assert_one_line_error(code, err, needle)
+    assert not out.exists()

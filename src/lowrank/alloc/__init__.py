@@ -1,7 +1,10 @@
 """Rank allocators: per-matrix ranks that meet one global parameter budget."""
 
-from .budget import Allocation, BudgetItem, total_cost
+from .budget import Allocation, BudgetItem, RankConstraints, total_cost
 from .energy import energy
 from .uniform import uniform
+from .v2 import svdllm_v2
+from .welore import welore
 
-__all__ = ["Allocation", "BudgetItem", "energy", "total_cost", "uniform"]
+__all__ = ["Allocation", "BudgetItem", "RankConstraints", "energy", "svdllm_v2", "total_cost",
+           "uniform", "welore"]

@@ -1,26 +1,52 @@
-"""The global parameter budget that every rank allocator must meet."""
+"""The global parameter budget that every rank allocator must meet, and the per-matrix
+constraints (:class:`RankConstraints`: keep bounds and rank alignment) that every allocator
+honours while meeting it (spec §15.3).
+
+An allocator is a function ``(items, keep, *, constraints=UNCONSTRAINED) -> Allocation``. The
+shared pieces here do the constrained part once: :meth:`RankConstraints.snap` maps any raw rank
+to the nearest allowed one (so each allocator's ``ranks_at`` stays a plain rule),
+:func:`target_params` checks that the bounds can reach the budget at all,
+:func:`bisect_parameter` finds the largest setting of the allocator's one knob that fits, and
+:func:`greedy_fill` closes the integer gap in steps of ``align`` ranks.
+"""
 
 from __future__ import annotations
 
 import heapq
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import torch
 
+from ..errors import ConfigError
 from ..nn.accounting import break_even_rank, linear_params
+
+#: Relative tolerance on the global budget: an allocation lands within 0.5% of the target
+#: whenever the constraints allow it (with ``align > 1``: within one aligned rank step).
+BUDGET_TOLERANCE = 0.005
 
 
 @dataclass
 class BudgetItem:
-    """One targeted matrix: its shape, bias, and weighted singular values (descending)."""
+    """One targeted matrix: its shape, bias, and weighted singular values (descending).
+
+    ``spectrum`` is the method's (weighted, e.g. whitened) spectrum; ``weight_spectrum`` the
+    plain singular values of the weight, filled only for data-free allocators that ask for it
+    (``needs_weight_spectrum``); :attr:`plain_spectrum` falls back to ``spectrum``.
+    """
 
     name: str
     out_features: int
     in_features: int
     bias: bool
     spectrum: torch.Tensor
+    weight_spectrum: torch.Tensor | None = None
+
+    @property
+    def plain_spectrum(self) -> torch.Tensor:
+        return self.spectrum if self.weight_spectrum is None else self.weight_spectrum
 
     @property
     def break_even(self) -> float:
@@ -61,11 +87,107 @@ class Allocation:
                 "details": self.details}
 
 
+class RankLimits(NamedTuple):
+    """Allowed ranks of one matrix: multiples of the alignment in ``[lo, hi]`` (none when
+    ``lo > hi``), plus dense (``None``) when ``dense_ok``."""
+
+    lo: int
+    hi: int
+    dense_ok: bool
+
+
+@dataclass(frozen=True)
+class RankConstraints:
+    """Per-matrix bounds that every allocator honours (spec §15.3).
+
+    ``min_keep`` / ``max_keep`` bound what each matrix stores after compression as a fraction
+    of its own dense parameters (weight and bias: the unit of the global budget). A matrix
+    factorized at rank ``k`` stores ``k (m + n)`` (+ bias), which must lie within
+    ``[min_keep, max_keep]`` times its dense parameters. A matrix left dense keeps the fraction
+    1, so dense is allowed only while ``max_keep == 1``: ``max_keep < 1`` factorizes every
+    matrix. ``align`` makes every rank a multiple of ``align`` (8/16/64 suit GEMM kernels;
+    ranks are rounded down, at least ``align``); a matrix whose smallest allowed aligned rank
+    would not save parameters stays dense.
+    """
+
+    min_keep: float = 0.0
+    max_keep: float = 1.0
+    align: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("min_keep", "max_keep"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value):
+                raise ConfigError(f"{name} must be a number in [0, 1], got {value!r}")
+        if not 0 <= self.min_keep <= 1:
+            raise ConfigError(f"min_keep must be in [0, 1] (fraction of each matrix's dense "
+                              f"parameters), got {self.min_keep}")
+        if not 0 < self.max_keep <= 1:
+            raise ConfigError(f"max_keep must be in (0, 1] (fraction of each matrix's dense "
+                              f"parameters), got {self.max_keep}")
+        if self.min_keep > self.max_keep:
+            raise ConfigError(f"min_keep must not exceed max_keep, got min_keep="
+                              f"{self.min_keep} > max_keep={self.max_keep}")
+        if isinstance(self.align, bool) or not isinstance(self.align, int) or self.align < 1:
+            raise ConfigError(f"align must be an int >= 1 (ranks are multiples of it), got "
+                              f"{self.align!r}")
+
+    def describe(self) -> str:
+        return f"min_keep={self.min_keep:g}, max_keep={self.max_keep:g}, align={self.align}"
+
+    def limits(self, item: BudgetItem) -> RankLimits:
+        """The ranks ``item`` may take under these bounds."""
+        a, dense = self.align, item.dense_cost()
+        base = item.cost(0)  # the cost is affine in the rank: base + rank * step
+        step = item.cost(1) - base
+        hi = item.max_rank // a * a
+        if self.max_keep < 1:  # base + rank * step <= max_keep * dense
+            hi = min(hi, math.floor((self.max_keep * dense - base) / step + 1e-9) // a * a)
+        lo = max(a, -(-math.ceil((self.min_keep * dense - base) / step - 1e-9) // a) * a)
+        return RankLimits(lo, hi, self.max_keep >= 1)
+
+    def snap(self, item: BudgetItem, rank: int | None) -> int | None:
+        """The allowed rank for a raw ``rank``: rounded down to a multiple of ``align`` and
+        clamped to the limits; ``None`` or a rank above ``max_rank`` means dense (or the
+        largest allowed rank when ``max_keep < 1``).
+
+        Monotone: a larger raw rank never maps to a smaller cost, so bisection stays valid.
+        """
+        lim = self.limits(item)
+        if lim.lo > lim.hi:
+            if not lim.dense_ok:
+                raise ConfigError(self._no_rank_message(item))
+            return None
+        if rank is None or rank > item.max_rank:
+            return None if lim.dense_ok else lim.hi
+        return min(max(rank // self.align * self.align, lim.lo), lim.hi)
+
+    def cost_range(self, items: Sequence[BudgetItem]) -> tuple[int, int]:
+        """Smallest and largest total parameters these bounds allow for ``items``."""
+        low = high = 0
+        for item in items:
+            lim = self.limits(item)
+            if lim.lo > lim.hi and not lim.dense_ok:
+                raise ConfigError(self._no_rank_message(item))
+            low += item.cost(lim.lo) if lim.lo <= lim.hi else item.dense_cost()
+            high += item.dense_cost() if lim.dense_ok else item.cost(lim.hi)
+        return low, high
+
+    def _no_rank_message(self, item: BudgetItem) -> str:
+        lo = self.limits(item).lo
+        return (f"no rank of '{item.name}' ({item.out_features}x{item.in_features}) satisfies "
+                f"{self.describe()}: its smallest allowed rank {lo} keeps "
+                f"{item.cost(lo) / item.dense_cost():.4f} of its parameters, and max_keep < 1 "
+                f"forbids leaving it dense")
+
+
+UNCONSTRAINED = RankConstraints()
+
+
 def clamp_rank(item: BudgetItem, rank: int) -> int | None:
     """A rank in [1, max_rank], or ``None`` when factorizing at ``rank`` would not save."""
-    if rank > item.max_rank:
-        return None
-    return max(1, rank)
+    return UNCONSTRAINED.snap(item, rank)
 
 
 def total_cost(items: Sequence[BudgetItem], ranks: dict[str, int | None]) -> int:
@@ -77,10 +199,15 @@ def bisect_parameter(
     target: int,
     ranks_at: Callable[[float], dict[str, int | None]],
     iters: int = 60,
+    constraints: RankConstraints = UNCONSTRAINED,
 ) -> tuple[float, dict[str, int | None]]:
-    """Largest ``t`` in [0, 1] whose ranks ``ranks_at(t)`` fit in ``target`` (cost increasing)."""
+    """Largest ``t`` in [0, 1] whose ranks ``ranks_at(t)`` fit in ``target`` (cost increasing).
+
+    ``ranks_at`` should already map its raw ranks through ``constraints.snap``; the constraints
+    are needed here only to know whether "everything dense" is an allowed answer.
+    """
     lo, hi = 0.0, 1.0
-    if target >= sum(item.dense_cost() for item in items):
+    if constraints.max_keep >= 1 and target >= sum(item.dense_cost() for item in items):
         return hi, {item.name: None for item in items}  # the budget allows everything dense
     if total_cost(items, ranks_at(hi)) <= target:
         return hi, ranks_at(hi)
@@ -98,38 +225,65 @@ def greedy_fill(
     ranks: dict[str, int | None],
     target: int,
     priority: Callable[[BudgetItem, int], float],
+    constraints: RankConstraints = UNCONSTRAINED,
 ) -> dict[str, int | None]:
-    """Add one rank at a time where ``priority(item, current_rank)`` is highest, while it fits.
+    """Add ``align`` ranks at a time where ``priority(item, current_rank)`` is highest, while it
+    fits in ``target`` and the rank stays within the item's limits; a matrix already at its
+    largest allowed rank may instead go dense (exact) where the bounds allow it and it fits.
 
-    Closes the gap that integer ranks leave between the bisected allocation and the budget.
+    Closes the gap that integer (aligned) ranks leave between the bisected allocation and the
+    budget: afterwards no factorized matrix could take its next step without exceeding it.
     """
     ranks = dict(ranks)
     spent = total_cost(items, ranks)
+    a = constraints.align
+    limits = [constraints.limits(item) for item in items]
+
+    def next_rank(i: int, k: int) -> int | None | bool:
+        """The next allowed rank above ``k`` (``None``: dense), or ``False`` for none."""
+        if k + a <= limits[i].hi:
+            return k + a
+        return None if limits[i].dense_ok else False
+
     heap = []
     for i, item in enumerate(items):
         k = ranks[item.name]
-        if k is not None and k < item.max_rank:
+        if k is not None and next_rank(i, k) is not False:
             heapq.heappush(heap, (-priority(item, k), i))
     while heap:
         _, i = heapq.heappop(heap)
         item = items[i]
         k = ranks[item.name]
-        step = item.out_features + item.in_features
+        new = next_rank(i, k)
+        step = item.cost(new) - item.cost(k)
         if spent + step > target:
             continue
-        ranks[item.name] = k + 1
+        ranks[item.name] = new
         spent += step
-        if k + 1 < item.max_rank:
-            heapq.heappush(heap, (-priority(item, k + 1), i))
+        if new is not None and next_rank(i, new) is not False:
+            heapq.heappush(heap, (-priority(item, new), i))
     return ranks
 
 
 def finish(allocator: str, items: Sequence[BudgetItem], ranks: dict[str, int | None],
-           keep: float, details: dict) -> Allocation:
+           keep: float, details: dict,
+           constraints: RankConstraints = UNCONSTRAINED) -> Allocation:
     before = sum(item.dense_cost() for item in items)
+    details = {**details, "constraints": asdict(constraints)}
     return Allocation(allocator, ranks, int(math.floor(keep * before)), before,
                       total_cost(items, ranks), details)
 
 
-def target_params(items: Sequence[BudgetItem], keep: float) -> int:
-    return int(math.floor(keep * sum(item.dense_cost() for item in items)))
+def target_params(items: Sequence[BudgetItem], keep: float,
+                  constraints: RankConstraints = UNCONSTRAINED) -> int:
+    """The budget ``floor(keep * dense parameters)``; raises :class:`ConfigError` when the
+    constraints cannot come within the budget tolerance of it, saying what they allow."""
+    before = sum(item.dense_cost() for item in items)
+    target = int(math.floor(keep * before))
+    low, high = constraints.cost_range(items)
+    if low > target * (1 + BUDGET_TOLERANCE) or high < target * (1 - BUDGET_TOLERANCE):
+        raise ConfigError(
+            f"keep={keep:g} cannot be met under {constraints.describe()}: over these "
+            f"{len(items)} matrices the bounds allow keep between {low / before:.4f} and "
+            f"{high / before:.4f} of the targeted parameters")
+    return target

@@ -7,7 +7,15 @@ from collections.abc import Sequence
 import torch
 
 from ..registry import register_allocator
-from .budget import Allocation, BudgetItem, bisect_parameter, clamp_rank, finish, greedy_fill
+from .budget import (
+    UNCONSTRAINED,
+    Allocation,
+    BudgetItem,
+    RankConstraints,
+    bisect_parameter,
+    finish,
+    greedy_fill,
+)
 from .budget import target_params as _target
 
 
@@ -21,14 +29,17 @@ def _energy_curves(items: Sequence[BudgetItem]) -> dict[str, torch.Tensor]:
 
 
 @register_allocator("energy")
-def energy(items: Sequence[BudgetItem], keep: float) -> Allocation:
+def energy(items: Sequence[BudgetItem], keep: float, *,
+           constraints: RankConstraints = UNCONSTRAINED) -> Allocation:
     """Smallest rank whose kept energy ``sum_{i<=k} s_i^2 / sum s_i^2`` reaches ``tau``.
 
     ``tau`` (one value for all matrices) is bisected to meet the budget; the spectra are the
     method's weighted ones (whitened for SVD-LLM), so energy is output energy where data
-    exists. Leftover budget goes to the largest marginal energy gain per parameter.
+    exists. Leftover budget goes to the largest marginal energy gain per parameter (over the
+    next ``constraints.align`` ranks). Ranks are clamped to the per-matrix limits.
     """
-    target = _target(items, keep)
+    target = _target(items, keep, constraints)
+    a = constraints.align
     curves = _energy_curves(items)
 
     def ranks_at(tau: float) -> dict[str, int | None]:
@@ -36,14 +47,15 @@ def energy(items: Sequence[BudgetItem], keep: float) -> Allocation:
         for it in items:
             curve = curves[it.name]
             k = int(torch.searchsorted(curve, torch.tensor(tau, dtype=curve.dtype))) + 1
-            out[it.name] = clamp_rank(it, min(k, curve.numel()))
+            out[it.name] = constraints.snap(it, min(k, curve.numel()))
         return out
 
     def gain(it: BudgetItem, k: int) -> float:
         curve = curves[it.name]
-        step = float(curve[k] - curve[k - 1]) if k < curve.numel() else 0.0
-        return step / (it.out_features + it.in_features)
+        end = min(k + a, curve.numel())
+        step = float(curve[end - 1] - curve[k - 1]) if k < curve.numel() else 0.0
+        return step / (a * (it.out_features + it.in_features))
 
-    tau, ranks = bisect_parameter(items, target, ranks_at)
-    ranks = greedy_fill(items, ranks, target, gain)
-    return finish("energy", items, ranks, keep, {"energy_kept_threshold": tau})
+    tau, ranks = bisect_parameter(items, target, ranks_at, constraints=constraints)
+    ranks = greedy_fill(items, ranks, target, gain, constraints)
+    return finish("energy", items, ranks, keep, {"energy_kept_threshold": tau}, constraints)

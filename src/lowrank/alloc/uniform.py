@@ -6,22 +6,32 @@ import math
 from collections.abc import Sequence
 
 from ..registry import register_allocator
-from .budget import Allocation, BudgetItem, bisect_parameter, clamp_rank, finish, greedy_fill
+from .budget import (
+    UNCONSTRAINED,
+    Allocation,
+    BudgetItem,
+    RankConstraints,
+    bisect_parameter,
+    finish,
+    greedy_fill,
+)
 from .budget import target_params as _target
 
 
 @register_allocator("uniform")
-def uniform(items: Sequence[BudgetItem], keep: float) -> Allocation:
+def uniform(items: Sequence[BudgetItem], keep: float, *,
+            constraints: RankConstraints = UNCONSTRAINED) -> Allocation:
     """Rank ``floor(f * mn/(m+n))`` for every matrix, ``f`` bisected to meet the budget.
 
-    Integer rounding is then closed by adding ranks to the matrices furthest below the common
-    fraction, so the total lands within one rank step of the budget.
+    Integer rounding is then closed by adding ranks (``constraints.align`` at a time) to the
+    matrices furthest below the common fraction, so the total lands within one rank step of
+    the budget. Ranks are clamped to each matrix's ``min_keep``/``max_keep`` limits.
     """
-    target = _target(items, keep)
+    target = _target(items, keep, constraints)
 
     def ranks_at(f: float) -> dict[str, int | None]:
-        return {it.name: clamp_rank(it, math.floor(f * it.break_even)) for it in items}
+        return {it.name: constraints.snap(it, math.floor(f * it.break_even)) for it in items}
 
-    f, ranks = bisect_parameter(items, target, ranks_at)
-    ranks = greedy_fill(items, ranks, target, lambda it, k: -k / it.break_even)
-    return finish("uniform", items, ranks, keep, {"fraction_of_break_even": f})
+    f, ranks = bisect_parameter(items, target, ranks_at, constraints=constraints)
+    ranks = greedy_fill(items, ranks, target, lambda it, k: -k / it.break_even, constraints)
+    return finish("uniform", items, ranks, keep, {"fraction_of_break_even": f}, constraints)

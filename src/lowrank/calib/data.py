@@ -17,13 +17,19 @@ TextSource = str | os.PathLike | Sequence[str] | None
 
 
 def read_texts(source: TextSource, split: Split = "calibration") -> list[str]:
-    """Passages from a list of strings, a UTF-8 text file, or the embedded default (``None``).
+    """Passages from a list of strings, a UTF-8 text file, the embedded default (``None`` or
+    ``"default"``), or ``"licenses"`` (licence texts of the installed packages: real text of
+    another domain, for out-of-domain evaluation).
 
     A file is cut into passages at blank lines (long paragraphs into pieces of at most 160
     words). Raises :class:`DataError` when the source is missing, unreadable or empty.
     """
     if source is None or (isinstance(source, str) and source == "default"):
         return default_passages(split)
+    if isinstance(source, str) and source == "licenses":
+        from ..data.other_domain import other_domain_passages
+
+        return other_domain_passages()
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():

@@ -5,6 +5,8 @@ Statistics are sums and counts, so shards from several processes or runs combine
 query/key/value, share one site): the input Gram ``sum x x^T`` in float64, the per-channel
 ``sum |x|`` and the token count, padding excluded. Per module, optionally, the diagonal Fisher
 (squared gradients of a loss) reduced to row and column sums, for FWSVD (Hsu et al., ICLR 2022).
+Per model: how often each input id occurred among the real tokens (``token_counts``), the
+lookup frequencies of the embedding table (AFM's embedding compression).
 """
 
 from __future__ import annotations
@@ -63,6 +65,14 @@ class CalibrationStats:
     module_site: dict[str, str] = field(default_factory=dict)
     fisher: dict[str, FisherStats] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    token_counts: torch.Tensor | None = None  # (vocab,) float64: real tokens per input id
+
+    def count_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     vocab_size: int = 0) -> None:
+        """Add the ids of real (unmasked) tokens to :attr:`token_counts` (grown as needed)."""
+        ids = input_ids[attention_mask.bool()].reshape(-1).long()
+        counts = torch.bincount(ids, minlength=vocab_size).to(torch.float64)
+        self.token_counts = _add_counts(self.token_counts, counts)
 
     def site(self, module_name: str) -> SiteStats:
         try:
@@ -102,6 +112,10 @@ class CalibrationStats:
                 self.fisher[key].batches += f.batches
             else:
                 self.fisher[key] = FisherStats(f.row_sum.clone(), f.col_sum.clone(), f.batches)
+        if self.token_counts is not None and other.token_counts is not None:
+            self.token_counts = _add_counts(self.token_counts, other.token_counts)
+        else:
+            self.token_counts = None
         return self
 
     def save(self, path: str | os.PathLike) -> None:
@@ -117,6 +131,8 @@ class CalibrationStats:
         for key, f in self.fisher.items():
             tensors[f"fisher/{key}/row_sum"] = f.row_sum.contiguous()
             tensors[f"fisher/{key}/col_sum"] = f.col_sum.contiguous()
+        if self.token_counts is not None:
+            tensors["token_counts"] = self.token_counts.contiguous()
         header = {
             "version": STATS_FORMAT_VERSION,
             "module_site": self.module_site,
@@ -154,7 +170,19 @@ class CalibrationStats:
         for key, batches in header.get("fisher_batches", {}).items():
             stats.fisher[key] = FisherStats(tensors[f"fisher/{key}/row_sum"],
                                             tensors[f"fisher/{key}/col_sum"], int(batches))
+        stats.token_counts = tensors.get("token_counts")
         return stats
+
+
+def _add_counts(total: torch.Tensor | None, counts: torch.Tensor) -> torch.Tensor:
+    """``total + counts`` with the shorter vector zero-padded (vocabularies seen so far)."""
+    if total is None:
+        return counts.clone()
+    size = max(total.numel(), counts.numel())
+    out = torch.zeros(size, dtype=torch.float64, device=total.device)
+    out[:total.numel()] += total
+    out[:counts.numel()] += counts.to(total.device, torch.float64)
+    return out
 
 
 def shared_input_sites(
@@ -248,11 +276,13 @@ def collect_statistics(
         return hook
 
     handles = [modules[site].register_forward_pre_hook(make_hook(site)) for site in stats.sites]
+    vocab = int(getattr(_input_embeddings(model), "num_embeddings", 0) or 0)
     try:
         with torch.no_grad():
             for batch in progress(list(data.batches(batch_size)), "calibration", quiet=quiet):
                 batch = batch.to(device)
                 current_mask[:] = [batch.attention_mask]
+                stats.count_tokens(batch.input_ids, batch.attention_mask, vocab)
                 model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
     finally:
         for h in handles:
@@ -267,6 +297,14 @@ def collect_statistics(
                            "fisher_estimate": f"squared gradients per micro-batch of "
                                               f"{fisher_batch_size} passages"})
     return stats
+
+
+def _input_embeddings(model: nn.Module) -> nn.Module | None:
+    """The model's token-embedding module (Hugging Face ``get_input_embeddings``), if any."""
+    try:
+        return model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
 
 
 def collect_fisher(

@@ -45,12 +45,56 @@ def _q(d: dict) -> str:
     return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in d.items())
 
 
+def _number(text: str | None, flag: str) -> int | float | None:
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise LowRankError(f"{flag} expects a number, got '{text}'") from None
+
+
+def _key_values(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise LowRankError(f"--set expects key=value, got '{item}'")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
 @app.command()
 def compress(
     model: str | None = MODEL_ARG,
-    method: str = typer.Option("svdllm", help="svd | asvd | fwsvd | svdllm"),
-    keep: float = typer.Option(0.8, help="fraction of targeted parameters kept, in (0, 1]"),
-    alloc: str = typer.Option("uniform", help="rank allocator: uniform | energy"),
+    method: str = typer.Option("svdllm", help="a registered method (see `lowrank env`"
+                               " or lowrank.method_names()): svd, asvd, fwsvd, svdllm, ..."),
+    keep: float | None = typer.Option(
+        None, help="fraction of targeted parameters kept, in (0, 1] (default 0.8)"),
+    alloc: str | None = typer.Option(
+        None, help="rank allocator: uniform (default), energy, welore, svdllm-v2"),
+    mode: str | None = typer.Option(
+        None, help="svdllm: 'original' (default) or 'sequential' (refit block by block on "
+                   "inputs from the compressed model)"),
+    min_keep: float | None = typer.Option(None, help="per-matrix lower bound on kept fraction"),
+    max_keep: float | None = typer.Option(None, help="per-matrix upper bound on kept fraction"),
+    rank_align: int | None = typer.Option(None, help="ranks as multiples of this (e.g. 8)"),
+    rank: str | None = typer.Option(
+        None, help="eora: compensation rank (int, or a float fraction of min(in, out))"),
+    base: str | None = typer.Option(
+        None, help="eora: compressor to compensate: quant-int4, quant-int8, prune-2:4, "
+                   "prune-unstructured, none"),
+    option: list[str] | None = typer.Option(
+        None, "--set", help="any other method field as key=value (JSON value), repeatable, "
+                            "e.g. --set bits=8 --set group_size=64"),
+    adapter: str | None = typer.Option(
+        None, help="eora: also write the compensation as a PEFT LoRA adapter to this dir"),
     data: str | None = typer.Option(None, help="calibration text file (default: embedded text)"),
     eval_data: str | None = typer.Option(None, help="held-out evaluation text file"),
     out: str = typer.Option("lowrank-out", help="output directory (written atomically)"),
@@ -67,15 +111,20 @@ def compress(
     """Compress a model with a low-rank method and write factors, manifest and report."""
     from ..workflow import compress_job
 
-    summary = compress_job(model, method=method, keep=keep, alloc=alloc, data=data,
+    options = {"mode": mode, "min_keep": min_keep, "max_keep": max_keep,
+               "rank_align": rank_align, "rank": _number(rank, "--rank"), "base": base,
+               **_key_values(option or [])}
+    summary = compress_job(model, method=method, keep=keep, alloc=alloc, options=options,
+                           data=data,
                            eval_data=eval_data, out=out, device=device, seed=seed,
-                           targets=targets or None, ignore=ignore or None,
+                           targets=targets or None, ignore=ignore or None, adapter=adapter,
                            samples=samples, seq_len=seq_len, quiet=quiet)
 
     def human(s: dict) -> None:
         _table(f"lowrank compress: {s['model']}", [
             ("method", f"{s['method']} (alloc {s['alloc']}, {s['tag']})"),
-            ("keep", f"{s['keep_actual']:.4f} of targeted parameters (target {s['keep_target']})"),
+            ("keep", f"{s['keep_actual']:.4f} of targeted parameters "
+                     f"(target {s['keep_target']})"),
             ("parameters", f"{s['params_before']:,} -> {s['params_after']:,}"),
             ("quality before", _q(s["quality_before"])),
             ("quality after", _q(s["quality_after"])),

@@ -9,16 +9,18 @@ targeted matrix, lets the allocator spend the global budget over their spectra, 
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..alloc.budget import BudgetItem
+from ..alloc.budget import BudgetItem, RankConstraints
 from ..calib.stats import CalibrationStats
 from ..errors import ConfigError, DataError
 from ..linalg import WhitenedSVD
+from ..linalg.output_pca import affine_output_error
 from ..nn import LowRankLinear
 from ..registry import get_allocator
 from .base import CompressionConfig, MethodOutcome, output_error, replace_module
@@ -33,8 +35,19 @@ class FactorizationConfig(CompressionConfig):
         "help": "fraction of the targeted parameters that remain (0 < keep <= 1); keep=0.8 is "
                 "what the literature calls a 20% compression ratio"})
     alloc: str = field(default="uniform", metadata={
-        "help": "rank allocator: 'uniform' (same keep for every matrix) or 'energy' (same "
-                "fraction of weighted spectral energy per matrix, bisected to the budget)"})
+        "help": "rank allocator: 'uniform' (same keep for every matrix), 'energy' (same "
+                "fraction of weighted spectral energy per matrix, bisected to the budget), "
+                "'welore' (one global threshold on min-max normalised weight spectra, "
+                "data-free) or 'svdllm-v2' (per-type groups weighted by 1/log truncation loss)"})
+    min_keep: float = field(default=0.0, metadata={
+        "help": "lower bound on each matrix's kept fraction of its own dense parameters "
+                "(0 <= min_keep <= max_keep); a dense matrix keeps 1"})
+    max_keep: float = field(default=1.0, metadata={
+        "help": "upper bound on each matrix's kept fraction of its own dense parameters "
+                "(0 < max_keep <= 1); below 1 every matrix is factorized"})
+    rank_align: int = field(default=1, metadata={
+        "help": "ranks are multiples of this (e.g. 8 for GEMM-friendly shapes); a matrix "
+                "whose aligned rank would not save parameters stays dense"})
 
     def __post_init__(self) -> None:
         from ..registry import allocator_names
@@ -49,11 +62,45 @@ class FactorizationConfig(CompressionConfig):
         if self.alloc not in allocator_names():
             raise ConfigError(f"unknown allocator '{self.alloc}': expected one of "
                               f"{', '.join(allocator_names())}")
+        for name in ("min_keep", "max_keep"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{name} must be a number in [0, 1] (fraction of each "
+                                  f"matrix's dense parameters), got {value!r}")
+            setattr(self, name, float(value))
+        if not 0 <= self.min_keep <= 1:
+            raise ConfigError(f"min_keep must be in [0, 1] (fraction of each matrix's dense "
+                              f"parameters), got {self.min_keep}")
+        if not 0 < self.max_keep <= 1:
+            raise ConfigError(f"max_keep must be in (0, 1] (fraction of each matrix's dense "
+                              f"parameters), got {self.max_keep}")
+        if self.min_keep > self.max_keep:
+            raise ConfigError(f"min_keep must not exceed max_keep, got min_keep="
+                              f"{self.min_keep} and max_keep={self.max_keep}")
+        if isinstance(self.rank_align, bool) or not isinstance(self.rank_align, int) \
+                or self.rank_align < 1:
+            raise ConfigError(f"rank_align must be an int >= 1 (ranks are multiples of it), "
+                              f"got {self.rank_align!r}")
+
+    @property
+    def constraints(self) -> RankConstraints:
+        """The per-matrix bounds every allocator honours (``min_keep``, ``max_keep``, align)."""
+        return RankConstraints(self.min_keep, self.max_keep, self.rank_align)
 
     @abstractmethod
     def decompose(self, weight: torch.Tensor, name: str,
                   stats: CalibrationStats | None) -> WhitenedSVD:
-        """Weighted SVD of ``weight`` (out x in, float64) for module ``name``."""
+        """Weighted SVD of ``weight`` (out x in, float64) for module ``name``.
+
+        Any object with ``spectrum``, ``tail_energy(rank)``, ``factors(rank)`` and ``right``
+        serves; one that also has ``bias(rank, bias)`` sets the factorized layer's bias
+        (output-side methods re-centre it).
+        """
+
+    def budget_item(self, name: str, module: nn.Linear, spectrum: torch.Tensor) -> BudgetItem:
+        """The allocator's view of one matrix: its parameter cost at every rank."""
+        return BudgetItem(name, module.out_features, module.in_features,
+                          module.bias is not None, spectrum)
 
     def apply(self, model: nn.Module, modules: dict[str, nn.Module],
               stats: CalibrationStats | None) -> MethodOutcome:
@@ -61,14 +108,24 @@ class FactorizationConfig(CompressionConfig):
 
 
 def factorize(config: FactorizationConfig, model: nn.Module, modules: dict[str, nn.Module],
-              stats: CalibrationStats | None) -> MethodOutcome:
-    """Decompose, allocate under ``config.keep``, and replace; one report per module."""
+              stats: CalibrationStats | None,
+              extra_items: Sequence[BudgetItem] = ()) -> MethodOutcome:
+    """Decompose, allocate under ``config.keep``, and replace; one report per module.
+
+    ``extra_items`` (not linears: an embedding table) share the allocation: their ranks are in
+    the outcome's allocation and their parameters in its totals; the caller replaces them.
+    """
+    allocator = get_allocator(config.alloc)
+    plain = getattr(allocator, "needs_weight_spectrum", False)  # data-free allocators (WeLore)
     decomps, items = {}, []
     for name, lin in modules.items():
         decomps[name] = config.decompose(lin.weight.detach().to(torch.float64), name, stats)
-        items.append(BudgetItem(name, lin.out_features, lin.in_features, lin.bias is not None,
-                                decomps[name].spectrum))
-    allocation = get_allocator(config.alloc)(items, config.keep)
+        items.append(config.budget_item(name, lin, decomps[name].spectrum))
+        if plain:
+            items[-1].weight_spectrum = torch.linalg.svdvals(
+                lin.weight.detach().to(torch.float64))
+    allocation = allocator([*items, *extra_items], config.keep,
+                           constraints=config.constraints)
     reports = []
     for item in items:
         name, lin = item.name, modules[item.name]
@@ -77,14 +134,20 @@ def factorize(config: FactorizationConfig, model: nn.Module, modules: dict[str, 
         spectrum = decomps[name].spectrum
         energy_total = float((spectrum.double() ** 2).sum()) or 1.0
         notes: dict[str, Any] = {}
+        bias_shift = None
         if rank is None:
             approx, energy_kept = weight, 1.0
         else:
             B, A = decomps[name].factors(rank)
+            bias = None if lin.bias is None else lin.bias.detach()
+            if hasattr(decomps[name], "bias"):
+                bias = decomps[name].bias(rank, bias)
             new = LowRankLinear.from_factors(
-                B.to(lin.weight.dtype), A.to(lin.weight.dtype),
-                None if lin.bias is None else lin.bias.detach(),
+                B.to(lin.weight.dtype), A.to(lin.weight.dtype), bias,
             ).to(lin.weight.device)
+            if hasattr(decomps[name], "bias"):
+                old = torch.zeros_like(weight[:, 0]) if lin.bias is None else lin.bias.detach()
+                bias_shift = old.to(torch.float64) - new.bias.detach().to(torch.float64)
             if not (torch.isfinite(new.A).all() and torch.isfinite(new.B).all()):
                 raise DataError(f"decomposition of '{name}' produced non-finite factors; "
                                 "the module was left unchanged")
@@ -96,7 +159,11 @@ def factorize(config: FactorizationConfig, model: nn.Module, modules: dict[str, 
             notes["gram_eigenvalues_floored"] = right.num_floored
             notes["gram_condition"] = right.condition
         out_err = None
-        if stats is not None:
+        if stats is not None and bias_shift is not None:
+            site = stats.site(name)
+            out_err = affine_output_error(weight, approx, bias_shift, site.gram, site.sum,
+                                          site.tokens)
+        elif stats is not None:
             out_err = output_error(weight, approx, stats.site(name).gram.to(weight.device))
         reports.append(ModuleReport(
             name=name, out_features=item.out_features, in_features=item.in_features,

@@ -32,7 +32,10 @@ WEIGHTS = "model.safetensors"
 
 def build_manifest(model: nn.Module, base: dict[str, Any] | None = None) -> dict[str, Any]:
     """Describe ``model``'s factorized modules and provenance for ``lowrank.json``."""
-    modules = {name: entry_of(m) for name, m in model.named_modules() if is_serialisable(m)}
+    found = [name for name, m in model.named_modules() if is_serialisable(m)]
+    # a serialisable module describes its own children (ResidualLowRankLinear's base)
+    modules = {name: entry_of(model.get_submodule(name)) for name in found
+               if not any(name.startswith(outer + ".") for outer in found)}
     info = dict(getattr(model, "lowrank_manifest", {}) or {})
     first = next(model.parameters(), None)
     return {

@@ -25,13 +25,20 @@ def linear_flops(out_features: int, in_features: int, rank: int | None) -> int:
 
 
 def count_parameters(module: nn.Module) -> int:
-    """Every stored parameter tensor's elements, shared tensors counted once."""
+    """Every stored parameter tensor's elements, shared tensors counted once.
+
+    Weights stored as packed integer buffers (``QuantizedLinear``) count as the number of
+    weights they encode, which such a module reports through ``packed_parameters()``.
+    """
     seen: set[int] = set()
     total = 0
     for p in module.parameters():
         if id(p) not in seen:
             seen.add(id(p))
             total += p.numel()
+    for sub in module.modules():
+        if callable(getattr(sub, "packed_parameters", None)):
+            total += sub.packed_parameters()
     return total
 
 

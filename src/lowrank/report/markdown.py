@@ -27,7 +27,8 @@ def render_markdown(report: dict[str, Any], images: list[str]) -> str:
         f"| whole-model parameters | {report['params_before']:,} | {report['params_after']:,} |",
         f"| targeted parameters | {report['targeted_params_before']:,} | "
         f"{report['targeted_params_after']:,} |",
-        f"| bytes | {report['bytes_before']:,} | {report['bytes_after']:,} |",
+        f"| bytes | {report['bytes_before']:,} | {report['bytes_after']:,} "
+        f"(ratio {report['bytes_after'] / max(report['bytes_before'], 1):.4f}) |",
         f"| keep (targeted) | 1 | {report['keep_actual']:.4f} (target {report['keep_target']}, "
         f"compression ratio {report['compression_ratio']:.4f}) |",
     ]

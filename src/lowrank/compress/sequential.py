@@ -1,0 +1,227 @@
+"""Sequential (error-correcting) calibration: refit factors block by block on the inputs that
+the already-compressed upstream model produces.
+
+After the ranks are allocated on statistics of the original model, every targeted layer is
+refitted in execution order, one group of layers that share an input at a time. With ``x`` the
+layer's input in the original model and ``x~`` its input in the compressed model (every
+earlier layer already refitted), the new factors solve the ridge reduced-rank regression
+
+    min_{rank(W') <= k}  ||W X - W' X~||_F^2 + lam ||W'||_F^2,
+
+whose exact solution is ``W' = SVD_k(W C S^-T) S^-1`` with ``C = X X~^T`` and
+``S S^T = X~ X~^T + lam I`` (the whitened truncation in the space of the compressed inputs; it
+reduces to SVD-LLM when ``x~ = x`` and ``lam = 0``). This is the layer-wise error correction
+of GPTQ-style pipelines applied to low-rank factors. The block inputs of both models are
+cached once (as GPTQ does), so each group costs one pass through its own block only, and
+memory stays at one block's activations for the calibration set plus one input site's
+statistics.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..calib.data import TokenBatch, TokenizedText
+from ..errors import ConfigError
+from ..linalg import sqrt_gram, whitened_svd
+from ..nn import LowRankLinear
+from ..targets import block_lists
+from ..utils.progress import progress
+
+
+class _Stop(Exception):
+    """Raised in a hook to end a forward pass early."""
+
+
+def _call_kwargs(model: nn.Module) -> dict[str, Any]:
+    params = inspect.signature(model.forward).parameters
+    return {"use_cache": False} if "use_cache" in params else {}
+
+
+def capture_block_inputs(model: nn.Module, blocks: nn.ModuleList,
+                         batches: list[TokenBatch]) -> list[tuple[tuple, dict]]:
+    """Positional and keyword inputs of the first block for every batch (one pass each)."""
+    captured: list[tuple[tuple, dict]] = []
+
+    def hook(_m: nn.Module, args: tuple, kwargs: dict) -> None:
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("cache", "past_key_values")}
+        captured.append((args, kwargs))
+        raise _Stop
+
+    handle = blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
+    extra = _call_kwargs(model)
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                try:
+                    model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **extra)
+                except _Stop:
+                    pass
+    finally:
+        handle.remove()
+    if len(captured) != len(batches):
+        raise ConfigError("could not capture the inputs of the first transformer block")
+    return captured
+
+
+def _block_output(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _run_block(block: nn.Module, inputs: tuple[tuple, dict]) -> torch.Tensor:
+    args, kwargs = inputs
+    return _block_output(block(*args, **kwargs))
+
+
+def _with_hidden(inputs: tuple[tuple, dict], hidden: torch.Tensor) -> tuple[tuple, dict]:
+    args, kwargs = inputs
+    if args:
+        return (hidden, *args[1:]), kwargs
+    return (), {**kwargs, "hidden_states": hidden}
+
+
+@torch.no_grad()
+def sequential_refit(
+    original: nn.Module,
+    compressed: nn.Module,
+    ranks: dict[str, int | None],
+    tokens: TokenizedText,
+    *,
+    floor: float = 1e-6,
+    damping: float = 1e-2,
+    batch_size: int = 16,
+    quiet: bool = True,
+) -> dict[str, float]:
+    """Refit every factorized layer named in ``ranks`` in execution order (see module doc).
+
+    ``damping`` is ``lam`` relative to the mean eigenvalue of ``X~ X~^T``. Returns, per layer,
+    the relative change of its represented weight ``B A``. Layers left dense are not touched.
+    """
+    pairs = block_lists(compressed)
+    orig_pairs = dict(block_lists(original))
+    if not pairs:
+        raise ConfigError("sequential calibration needs a model with repeated blocks "
+                          "(a ModuleList of transformer layers)")
+    device = next(compressed.parameters()).device
+    batches = [b.to(device) for b in tokens.batches(batch_size, trim=False)]
+    prefix, comp_blocks = pairs[0]
+    orig_blocks = orig_pairs[prefix]
+    outside = [n for n in ranks if not n.startswith(prefix + ".")]
+    if outside:
+        raise ConfigError(f"sequential calibration refits layers inside '{prefix}' only; "
+                          f"these targets are outside it: {outside[:3]}")
+    orig_in = capture_block_inputs(original, orig_blocks, batches)
+    comp_in = capture_block_inputs(compressed, comp_blocks, batches)
+    change: dict[str, float] = {}
+    for index in progress(range(len(comp_blocks)), "sequential refit", quiet=quiet):
+        block_prefix = f"{prefix}.{index}."
+        names = [n for n, k in ranks.items() if n.startswith(block_prefix) and k is not None]
+        for group in _groups_in_order(comp_blocks[index], block_prefix, names, comp_in[0]):
+            change.update(_refit_group(original, compressed, orig_blocks[index],
+                                       comp_blocks[index], group, batches, orig_in, comp_in,
+                                       floor, damping))
+        orig_in = [_with_hidden(i, _run_block(orig_blocks[index], i)) for i in orig_in]
+        comp_in = [_with_hidden(i, _run_block(comp_blocks[index], i)) for i in comp_in]
+    return change
+
+
+def _groups_in_order(block: nn.Module, block_prefix: str, names: list[str],
+                     inputs: tuple[tuple, dict]) -> list[list[str]]:
+    """Layers of one block grouped by shared input tensor, in the order they run."""
+    seen: list[tuple[torch.Tensor, list[str]]] = []
+
+    def make_hook(name: str) -> Callable:
+        def hook(_m: nn.Module, args: tuple) -> None:
+            for tensor, members in seen:
+                if tensor is args[0]:
+                    members.append(name)
+                    return
+            seen.append((args[0], [name]))
+
+        return hook
+
+    modules = {n: block.get_submodule(n[len(block_prefix):]) for n in names}
+    handles = [m.register_forward_pre_hook(make_hook(n)) for n, m in modules.items()]
+    try:
+        _run_block(block, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return [members for _, members in seen]
+
+
+def _refit_group(original: nn.Module, compressed: nn.Module, orig_block: nn.Module,
+                 comp_block: nn.Module, group: list[str], batches: list[TokenBatch],
+                 orig_in: list, comp_in: list, floor: float, damping: float
+                 ) -> dict[str, float]:
+    first = group[0]
+    prefix_len = _prefix_length(compressed, comp_block)
+    sub = first[prefix_len:]
+    n = compressed.get_submodule(first).in_features
+    dev = next(compressed.parameters()).device
+    gram = torch.zeros(n, n, dtype=torch.float64, device=dev)
+    cross = torch.zeros(n, n, dtype=torch.float64, device=dev)
+    state: dict[str, Any] = {}
+
+    def rows(x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        mask = state["mask"].reshape(-1).bool()
+        return (flat[mask] if flat.shape[0] == mask.shape[0] else flat).float()
+
+    def take_original(_m: nn.Module, args: tuple) -> None:
+        state["x"] = rows(args[0])
+        raise _Stop
+
+    def take_compressed(_m: nn.Module, args: tuple) -> None:
+        xt = rows(args[0])
+        gram.add_((xt.T @ xt).double())
+        cross.add_((state.pop("x").T @ xt).double())
+        raise _Stop
+
+    h1 = orig_block.get_submodule(sub).register_forward_pre_hook(take_original)
+    h2 = comp_block.get_submodule(sub).register_forward_pre_hook(take_compressed)
+    try:
+        for batch, oi, ci in zip(batches, orig_in, comp_in, strict=True):
+            state["mask"] = batch.attention_mask
+            for block, inputs in ((orig_block, oi), (comp_block, ci)):
+                try:
+                    _run_block(block, inputs)
+                except _Stop:
+                    pass
+    finally:
+        h1.remove()
+        h2.remove()
+    lam = damping * float(torch.diagonal(gram).mean())
+    root = sqrt_gram(gram + lam * torch.eye(n, dtype=gram.dtype, device=dev), floor=floor)
+    change = {}
+    for name in group:
+        layer = compressed.get_submodule(name)
+        weight = original.get_submodule(name).weight.detach().to(torch.float64)
+        if not isinstance(layer, LowRankLinear):
+            continue
+        # W' = SVD_k(W C S^-T) S^-1: truncate W* = W C (G~ + lam I)^-1 in the whitened space
+        B, A = whitened_svd(_ridge_target(weight, cross, root), root).factors(layer.rank)
+        old = layer.weight_product().detach().to(torch.float64)
+        layer.A.copy_(A.to(layer.A.dtype))
+        layer.B.copy_(B.to(layer.B.dtype))
+        new = layer.weight_product().detach().to(torch.float64)
+        change[name] = float((new - old).norm() / old.norm().clamp_min(1e-300))
+    return change
+
+
+def _ridge_target(weight: torch.Tensor, cross: torch.Tensor, root) -> torch.Tensor:
+    """``W C (G~ + lam I)^-1`` through the eigen root ``S`` of ``G~ + lam I``."""
+    Q, lam = root.eigenvectors, root.eigenvalues
+    return ((weight @ cross) @ Q / lam) @ Q.T
+
+
+def _prefix_length(model: nn.Module, block: nn.Module) -> int:
+    for name, module in model.named_modules():
+        if module is block:
+            return len(name) + 1
+    raise ConfigError("block not found in the model")
