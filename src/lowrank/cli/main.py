@@ -96,7 +96,8 @@ def compress(
     adapter: str | None = typer.Option(
         None, help="eora: also write the compensation as a PEFT LoRA adapter to this dir"),
     data: str | None = typer.Option(None, help="calibration text file (default: embedded text)"),
-    eval_data: str | None = typer.Option(None, help="held-out evaluation text file"),
+    eval_data: str | None = typer.Option(
+        None, help="held-out evaluation text file, or 'licenses' (out-of-domain text)"),
     out: str = typer.Option("lowrank-out", help="output directory (written atomically)"),
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default: cuda if available)"),
     targets: list[str] | None = typer.Option(
