@@ -5,6 +5,7 @@ Each job is one Python call that returns a JSON-ready dict; the CLI only parses 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import time
@@ -66,6 +67,7 @@ def compress_job(
     quiet: bool = False,
     plots: bool = True,
     adapter: str | os.PathLike | None = None,
+    finetune_steps: int = 0,
 ) -> dict[str, Any]:
     """Compress ``model`` (default: the embedded MiniLM) and write the output directory.
 
@@ -77,6 +79,9 @@ def compress_job(
     start = time.perf_counter()
     log = StageLog(quiet)
     # validate everything cheap before any heavy work
+    if isinstance(finetune_steps, bool) or not isinstance(finetune_steps, int) \
+            or finetune_steps < 0:
+        raise ConfigError(f"finetune_steps must be an int >= 0, got {finetune_steps!r}")
     config = make_config(method, keep=keep, alloc=alloc, seed=seed, targets=targets,
                          ignore=ignore, **(options or {}))
     calib_texts = read_texts(data, "calibration")
@@ -96,8 +101,17 @@ def compress_job(
     log(f"evaluating the original model on {len(eval_tokens)} held-out passages")
     quality_before = evaluator.reference(loaded.model)
     log(f"compressing with {config.method} on {len(calib_tokens)} calibration passages")
+    original = copy.deepcopy(loaded.model) if finetune_steps > 0 else None
     result = compress(loaded.model, config, calib_tokens, tokenizer=loaded.tokenizer,
                       quiet=quiet)
+    fine_tune = None
+    if original is not None:
+        log(f"recovery fine-tuning: {finetune_steps} steps of distillation")
+        fine_tune = _recover(loaded, original, calib_texts, seq_len, finetune_steps, seed,
+                             quiet)
+        result.tag = fine_tune["tag"]
+        result.timings["fine_tune"] = fine_tune["seconds"]
+        del original
     log("evaluating the compressed model")
     quality_after = evaluator.measure(loaded.model)
     summary = _summary(loaded, config, result, quality_before, quality_after, out)
@@ -108,6 +122,7 @@ def compress_job(
         write_checkpoint(loaded.model, tmp, base=base, copy_files=loaded.config_files())
         summary["seconds"] = round(time.perf_counter() - start, 2)
         report = {**summary, "result": result.to_dict(), "environment": environment(),
+                  "fine_tune": fine_tune,
                   "data": {"calibration": _describe(data), "evaluation": _describe(eval_data),
                            "calibration_passages": len(calib_tokens),
                            "evaluation_passages": len(eval_tokens), "seq_len": seq_len}}
@@ -122,6 +137,22 @@ def compress_job(
     summary["seconds"] = round(time.perf_counter() - start, 2)
     log(f"done in {summary['seconds']} s")
     return summary
+
+
+def _recover(loaded: LoadedModel, original: torch.nn.Module, texts: list[str], seq_len: int,
+             steps: int, seed: int, quiet: bool) -> dict[str, Any]:
+    """PELA-style distillation of the factors; early stopping on held-out calibration text."""
+    from .finetune import causal_lm_nll, embedding_gap, recover
+
+    stop = max(1, len(texts) // 8)
+    train = tokenize(texts[:-stop] or texts, loaded.tokenizer, seq_len)
+    held = tokenize(texts[-stop:], loaded.tokenizer, seq_len)
+    criterion = (causal_lm_nll(held) if loaded.kind == "causal-lm"
+                 else embedding_gap(original, held))
+    report = recover(loaded.model, original, train, steps=steps, eval_fn=criterion,
+                     eval_every=max(1, steps // 8), tokenizer=loaded.tokenizer, seed=seed,
+                     quiet=quiet)
+    return report.to_dict()
 
 
 def _describe(source: TextSource) -> str:

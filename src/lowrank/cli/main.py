@@ -104,6 +104,9 @@ def compress(
         None, help="modules to compress: class name, dotted name or re:regex (repeatable)"),
     ignore: list[str] | None = typer.Option(None, help="modules to leave dense (repeatable)"),
     samples: int = typer.Option(256, help="number of calibration passages"),
+    finetune_steps: int = typer.Option(
+        0, help="recovery fine-tuning steps (PELA-style distillation of the factors; "
+                "0 = off; results are tagged fine_tuned)"),
     seq_len: int = typer.Option(128, help="tokens per calibration/evaluation passage"),
     seed: int = typer.Option(0, help="random seed"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object to stdout"),
@@ -119,6 +122,7 @@ def compress(
                            data=data,
                            eval_data=eval_data, out=out, device=device, seed=seed,
                            targets=targets or None, ignore=ignore or None, adapter=adapter,
+                           finetune_steps=finetune_steps,
                            samples=samples, seq_len=seq_len, quiet=quiet)
 
     def human(s: dict) -> None:
