@@ -64,23 +64,12 @@ class FactorizationConfig(CompressionConfig):
                               f"{', '.join(allocator_names())}")
         for name in ("min_keep", "max_keep"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{name} must be a number in [0, 1] (fraction of each "
-                                  f"matrix's dense parameters), got {value!r}")
-            setattr(self, name, float(value))
-        if not 0 <= self.min_keep <= 1:
-            raise ConfigError(f"min_keep must be in [0, 1] (fraction of each matrix's dense "
-                              f"parameters), got {self.min_keep}")
-        if not 0 < self.max_keep <= 1:
-            raise ConfigError(f"max_keep must be in (0, 1] (fraction of each matrix's dense "
-                              f"parameters), got {self.max_keep}")
-        if self.min_keep > self.max_keep:
-            raise ConfigError(f"min_keep must not exceed max_keep, got min_keep="
-                              f"{self.min_keep} and max_keep={self.max_keep}")
-        if isinstance(self.rank_align, bool) or not isinstance(self.rank_align, int) \
-                or self.rank_align < 1:
-            raise ConfigError(f"rank_align must be an int >= 1 (ranks are multiples of it), "
-                              f"got {self.rank_align!r}")
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                setattr(self, name, float(value))
+        try:  # RankConstraints validates the bounds and the alignment
+            self.constraints  # noqa: B018
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace("align must", "rank_align must", 1)) from None
 
     @property
     def constraints(self) -> RankConstraints:
