@@ -1,6 +1,7 @@
 """Benchmark: rank allocators x keep with SVD-LLM on the embedded default model and text.
 
-Usage:  python benchmarks/allocators.py [--allocators uniform energy welore svdllm-v2]
+Usage:  python benchmarks/allocators.py [--allocators uniform energy welore svdllm-v2
+                                         sensitivity]
                                         [--keeps 0.8 0.6] [--align 1]
 Writes benchmarks/results/allocators.json and .md and prints the markdown table.
 
@@ -33,7 +34,7 @@ SMALL_DETAILS = ("tau", "rank_reduction_at_tau", "dense", "scale", "fraction_of_
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--allocators", nargs="+",
-                        default=["uniform", "energy", "welore", "svdllm-v2"])
+                        default=["uniform", "energy", "welore", "svdllm-v2", "sensitivity"])
     parser.add_argument("--keeps", nargs="+", type=float, default=[0.8, 0.6])
     parser.add_argument("--align", type=int, default=1, help="rank alignment (rank_align)")
     parser.add_argument("--samples", type=int, default=256)
@@ -57,7 +58,8 @@ def main() -> None:
             model = copy.deepcopy(loaded.model)
             config = lr.SVDLLM(keep=keep, alloc=alloc, rank_align=args.align)
             t = time.perf_counter()
-            result = lr.compress(model, config, tokenizer=loaded.tokenizer, stats=stats)
+            result = lr.compress(model, config, data=calib, tokenizer=loaded.tokenizer,
+                                 stats=stats)  # data: the sensitivity allocator's probes
             seconds = time.perf_counter() - t
             quality = evaluator.measure(model)
             ranks = [m.rank for m in result.modules]

@@ -6,14 +6,17 @@ import copy
 import time
 from typing import Any
 
+import torch
 from torch import nn
 
 from .calib.data import TextSource, TokenizedText, read_texts, tokenize
 from .calib.stats import CalibrationStats, collect_statistics
 from .compress.base import CompressionConfig, output_error, replace_module
+from .compress.factorize import sensitivity_probe
 from .compress.result import CompressResult
 from .errors import ConfigError, DataError
 from .nn import count_bytes, count_parameters
+from .registry import get_allocator
 from .targets import select_linears
 
 MANIFEST_ATTR = "lowrank_manifest"
@@ -131,7 +134,15 @@ def compress(
     original = copy.deepcopy(model) if config.refines else None
 
     t1 = time.perf_counter()
-    outcome = config.apply(model, modules, stats)
+    allocator = get_allocator(config.alloc) if hasattr(config, "alloc") else None
+    if getattr(allocator, "needs_probe", False):
+        if tokens is None:
+            raise DataError("the 'sensitivity' allocator measures the model end to end: pass "
+                            "calibration text (data=...) to compress()")
+        with sensitivity_probe(_output_change_probe(model, tokens)):
+            outcome = config.apply(model, modules, stats)
+    else:
+        outcome = config.apply(model, modules, stats)
     reports = outcome.reports
     timings["compression"] = time.perf_counter() - t1
     if original is not None:
@@ -162,6 +173,37 @@ def compress(
     )
     setattr(model, MANIFEST_ATTR, {"method": config.to_dict()})
     return result
+
+
+def _output_change_probe(model: nn.Module, tokens: TokenizedText, passages: int = 32,
+                         batch_size: int = 16):
+    """``probe(name, replacement)``: relative change of the model's final outputs on the first
+    ``passages`` calibration passages when module ``name`` alone is replaced."""
+    from .models.forward import hidden_states
+
+    device = next(model.parameters()).device
+    subset = TokenizedText(tokens.input_ids[:passages], tokens.attention_mask[:passages],
+                           tokens.texts[:passages])
+    batches = [b.to(device) for b in subset.batches(batch_size)]
+    with torch.no_grad():
+        reference = [hidden_states(model, b).float() for b in batches]
+
+    def probe(name: str, replacement: nn.Module) -> float:
+        original = model.get_submodule(name)
+        replace_module(model, name, replacement)
+        try:
+            num = den = 0.0
+            with torch.no_grad():
+                for batch, ref in zip(batches, reference, strict=True):
+                    mask = batch.attention_mask.bool()
+                    out = hidden_states(model, batch).float()
+                    num += float(((out - ref)[mask] ** 2).sum())
+                    den += float((ref[mask] ** 2).sum())
+        finally:
+            replace_module(model, name, original)
+        return (num / max(den, 1e-300)) ** 0.5
+
+    return probe
 
 
 def to_dense(model: nn.Module) -> nn.Module:

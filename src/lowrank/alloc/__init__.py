@@ -2,9 +2,19 @@
 
 from .budget import Allocation, BudgetItem, RankConstraints, total_cost
 from .energy import energy
+from .sensitivity import sensitivity
 from .uniform import uniform
 from .v2 import svdllm_v2
 from .welore import welore
 
-__all__ = ["Allocation", "BudgetItem", "RankConstraints", "energy", "svdllm_v2", "total_cost",
-           "uniform", "welore"]
+__all__ = [
+    "Allocation",
+    "BudgetItem",
+    "RankConstraints",
+    "energy",
+    "sensitivity",
+    "svdllm_v2",
+    "total_cost",
+    "uniform",
+    "welore",
+]

@@ -43,6 +43,7 @@ class BudgetItem:
     bias: bool
     spectrum: torch.Tensor
     weight_spectrum: torch.Tensor | None = None
+    sensitivity: float | None = None  # measured end-to-end effect (the 'sensitivity' allocator)
 
     @property
     def plain_spectrum(self) -> torch.Tensor:

@@ -9,7 +9,9 @@ targeted matrix, lets the allocator spend the global budget over their spectra, 
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +98,40 @@ class FactorizationConfig(CompressionConfig):
         return factorize(self, model, modules, stats)
 
 
+Probe = Callable[[str, nn.Module], float]
+_PROBE: ContextVar[Probe | None] = ContextVar("lowrank_sensitivity_probe", default=None)
+
+
+@contextmanager
+def sensitivity_probe(probe: Probe) -> Iterator[None]:
+    """Make ``probe(name, replacement) -> end-to-end change`` available to allocators that
+    measure sensitivity (set by :func:`lowrank.compress`, which owns the model and data)."""
+    token = _PROBE.set(probe)
+    try:
+        yield
+    finally:
+        _PROBE.reset(token)
+
+
+def _measure_sensitivities(modules: dict[str, nn.Module], decomps: dict[str, Any],
+                           items: list[BudgetItem]) -> None:
+    """Each matrix alone truncated to half its break-even rank: the model's output change."""
+    probe = _PROBE.get()
+    if probe is None:
+        raise DataError("the 'sensitivity' allocator measures the model end to end: call it "
+                        "through lowrank.compress with calibration data")
+    for item in items:
+        lin, dec = modules[item.name], decomps[item.name]
+        rank = max(1, min(item.max_rank, int(0.5 * item.break_even)))
+        B, A = dec.factors(rank)
+        bias = None if lin.bias is None else lin.bias.detach()
+        if hasattr(dec, "bias"):
+            bias = dec.bias(rank, bias)
+        trial = LowRankLinear.from_factors(B.to(lin.weight.dtype), A.to(lin.weight.dtype),
+                                           bias).to(lin.weight.device)
+        item.sensitivity = probe(item.name, trial)
+
+
 def factorize(config: FactorizationConfig, model: nn.Module, modules: dict[str, nn.Module],
               stats: CalibrationStats | None,
               extra_items: Sequence[BudgetItem] = ()) -> MethodOutcome:
@@ -113,6 +149,8 @@ def factorize(config: FactorizationConfig, model: nn.Module, modules: dict[str, 
         if plain:
             items[-1].weight_spectrum = torch.linalg.svdvals(
                 lin.weight.detach().to(torch.float64))
+    if getattr(allocator, "needs_probe", False):
+        _measure_sensitivities(modules, decomps, items)
     allocation = allocator([*items, *extra_items], config.keep,
                            constraints=config.constraints)
     reports = []

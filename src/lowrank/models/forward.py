@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 def hidden_states(model: nn.Module, batch: TokenBatch) -> torch.Tensor:
     """Last hidden states ``(batch, seq, hidden)`` of an encoder (or logits of a causal LM)."""
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    if isinstance(out, torch.Tensor):
+        return out
     if hasattr(out, "last_hidden_state") and out.last_hidden_state is not None:
         return out.last_hidden_state
     if hasattr(out, "logits"):
