@@ -35,15 +35,9 @@ def _guess_tokenizer(model: nn.Module) -> Any:
 
 
 def _fisher_loss(model: nn.Module) -> str:
-    from .models.loading import model_kind
+    from .models.loading import is_causal_lm
 
-    config = getattr(model, "config", None)
-    if config is not None and model_kind(config) == "causal-lm":
-        return "causal-lm"
-    if hasattr(model, "lm_head") or hasattr(model, "get_output_embeddings") and \
-            model.get_output_embeddings() is not None:
-        return "causal-lm"
-    return "contrastive"
+    return "causal-lm" if is_causal_lm(model) else "contrastive"
 
 
 def _tokens(data: TextSource | TokenizedText, tokenizer: Any, seq_len: int,

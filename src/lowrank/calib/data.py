@@ -123,6 +123,17 @@ def tokenize(
     return TokenizedText(ids[keep], mask[keep], [t for t, k in zip(texts, keep, strict=True) if k])
 
 
+def masked_rows(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Rows ``(tokens, features)`` of activations ``x`` at real (non-padding) positions.
+
+    ``x`` is ``(batch, seq, features)`` as hooks see it; when its leading size does not match
+    the mask (a module that reshapes its input), all rows are returned.
+    """
+    flat = x.reshape(-1, x.shape[-1])
+    keep = mask.reshape(-1).bool()
+    return flat[keep] if flat.shape[0] == keep.shape[0] else flat
+
+
 def split_halves(texts: Sequence[str]) -> tuple[list[str], list[str]]:
     """First and second half (by words) of each passage: positive pairs for contrastive loss."""
     first, second = [], []

@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import DataError, ModelFileError
 from ..linalg import GramRoot, sqrt_gram
 from ..utils.progress import progress
-from .data import TokenBatch, TokenizedText, split_halves, tokenize
+from .data import TokenBatch, TokenizedText, masked_rows, split_halves, tokenize
 
 STATS_FORMAT_VERSION = 1
 
@@ -262,11 +262,7 @@ def collect_statistics(
         entry = stats.sites[site]
 
         def hook(_module: nn.Module, args: tuple) -> None:
-            x = args[0]
-            flat = x.reshape(-1, x.shape[-1])
-            mask = current_mask[0].reshape(-1).bool()
-            if flat.shape[0] == mask.shape[0]:
-                flat = flat[mask]
+            flat = masked_rows(args[0], current_mask[0])
             xp = flat.to(product_dtype)
             entry.gram += (xp.T @ xp).to(torch.float64)
             entry.abs_sum += flat.abs().sum(0, dtype=torch.float64)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..calib.data import TokenBatch, TokenizedText
+from ..calib.data import TokenBatch, TokenizedText, masked_rows
 from ..calib.stats import shared_input_sites
 from ..nn import LowRankLinear
 from ..utils.progress import progress
@@ -88,9 +88,7 @@ def _paired_moments(original: nn.Module, compressed: nn.Module, group: list[str]
     state: dict = {}
 
     def rows(x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1])
-        mask = state["mask"].reshape(-1).bool()
-        return (flat[mask] if flat.shape[0] == mask.shape[0] else flat).to(torch.float64)
+        return masked_rows(x, state["mask"]).to(torch.float64)
 
     def capture_original(_m: nn.Module, args: tuple) -> None:
         state["x"] = rows(args[0])

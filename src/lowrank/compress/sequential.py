@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..calib.data import TokenBatch, TokenizedText
+from ..calib.data import TokenBatch, TokenizedText, masked_rows
 from ..errors import ConfigError
 from ..linalg import sqrt_gram, whitened_svd
 from ..nn import LowRankLinear
@@ -123,8 +123,8 @@ def sequential_refit(
         names = [n for n, k in ranks.items() if n.startswith(block_prefix) and k is not None]
         for group in _groups_in_order(comp_blocks[index], block_prefix, names, comp_in[0]):
             change.update(_refit_group(original, compressed, orig_blocks[index],
-                                       comp_blocks[index], group, batches, orig_in, comp_in,
-                                       floor, damping))
+                                       comp_blocks[index], block_prefix, group, batches,
+                                       orig_in, comp_in, floor, damping))
         orig_in = [_with_hidden(i, _run_block(orig_blocks[index], i)) for i in orig_in]
         comp_in = [_with_hidden(i, _run_block(comp_blocks[index], i)) for i in comp_in]
     return change
@@ -156,12 +156,12 @@ def _groups_in_order(block: nn.Module, block_prefix: str, names: list[str],
 
 
 def _refit_group(original: nn.Module, compressed: nn.Module, orig_block: nn.Module,
-                 comp_block: nn.Module, group: list[str], batches: list[TokenBatch],
+                 comp_block: nn.Module, block_prefix: str, group: list[str],
+                 batches: list[TokenBatch],
                  orig_in: list, comp_in: list, floor: float, damping: float
                  ) -> dict[str, float]:
     first = group[0]
-    prefix_len = _prefix_length(compressed, comp_block)
-    sub = first[prefix_len:]
+    sub = first[len(block_prefix):]  # the layer's name inside its block
     n = compressed.get_submodule(first).in_features
     dev = next(compressed.parameters()).device
     gram = torch.zeros(n, n, dtype=torch.float64, device=dev)
@@ -169,9 +169,7 @@ def _refit_group(original: nn.Module, compressed: nn.Module, orig_block: nn.Modu
     state: dict[str, Any] = {}
 
     def rows(x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1])
-        mask = state["mask"].reshape(-1).bool()
-        return (flat[mask] if flat.shape[0] == mask.shape[0] else flat).float()
+        return masked_rows(x, state["mask"]).float()
 
     def take_original(_m: nn.Module, args: tuple) -> None:
         state["x"] = rows(args[0])
@@ -218,10 +216,3 @@ def _ridge_target(weight: torch.Tensor, cross: torch.Tensor, root) -> torch.Tens
     """``W C (G~ + lam I)^-1`` through the eigen root ``S`` of ``G~ + lam I``."""
     Q, lam = root.eigenvectors, root.eigenvalues
     return ((weight @ cross) @ Q / lam) @ Q.T
-
-
-def _prefix_length(model: nn.Module, block: nn.Module) -> int:
-    for name, module in model.named_modules():
-        if module is block:
-            return len(name) + 1
-    raise ConfigError("block not found in the model")

@@ -58,6 +58,7 @@ from torch import nn
 from ..calib.data import TokenBatch, TokenizedText, split_halves, tokenize
 from ..errors import ConfigError, DataError
 from ..models.forward import causal_lm_loss, contrastive_loss, sentence_embeddings
+from ..models.loading import is_causal_lm
 from ..nn import LowRankLinear
 from ..utils.progress import progress
 
@@ -226,7 +227,7 @@ def recover(
     if any(p.dtype != torch.float32 for _, m in factored for p in m.parameters()):
         raise ConfigError("recovery fine-tuning runs in float32: convert the model with "
                           "model.float() first")
-    causal = _is_causal_lm(model)
+    causal = is_causal_lm(model)
     batch_size = min(batch_size, len(tokens))
     halves = None
     if objective == "task" and not causal:
@@ -518,15 +519,6 @@ def _reference_weights(original, factored, device) -> dict[str, torch.Tensor]:
                               f"factorized layer represents {shape}: expected the same model")
         out[name] = weight.detach().to(device=device, dtype=torch.float32)
     return out
-
-
-def _is_causal_lm(model: nn.Module) -> bool:
-    from ..models.loading import model_kind
-
-    config = getattr(model, "config", None)
-    if config is not None and model_kind(config) == "causal-lm":
-        return True
-    return hasattr(model, "lm_head")
 
 
 def _cheap_forward_kwargs(model: nn.Module) -> dict:

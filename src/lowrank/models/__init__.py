@@ -1,7 +1,14 @@
 """The bundled default model, loading of Hugging Face models from disk, family-aware forwards."""
 
 from .forward import causal_lm_loss, contrastive_loss, hidden_states, sentence_embeddings
-from .loading import DEFAULT_MODEL_NAME, LoadedModel, default_model_path, load_model, model_kind
+from .loading import (
+    DEFAULT_MODEL_NAME,
+    LoadedModel,
+    default_model_path,
+    is_causal_lm,
+    load_model,
+    model_kind,
+)
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
@@ -10,6 +17,7 @@ __all__ = [
     "contrastive_loss",
     "default_model_path",
     "hidden_states",
+    "is_causal_lm",
     "load_model",
     "model_kind",
     "sentence_embeddings",

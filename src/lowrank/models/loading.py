@@ -74,6 +74,14 @@ def model_kind(config: Any) -> ModelKind:
     return "encoder"
 
 
+def is_causal_lm(model: nn.Module) -> bool:
+    """Whether ``model`` is a causal language model (by its config, else by an LM head)."""
+    config = getattr(model, "config", None)
+    if config is not None and model_kind(config) == "causal-lm":
+        return True
+    return hasattr(model, "lm_head")
+
+
 def _require_transformers():
     try:
         import transformers
