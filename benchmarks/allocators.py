@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
-from pathlib import Path
+
+from common import RESULTS, write_results  # benchmarks/common.py (run as scripts)
 
 import lowrank as lr
 from lowrank.calib import read_texts, tokenize
 from lowrank.eval import Evaluator
 from lowrank.models import load_model
-from lowrank.utils.env import environment
 
-RESULTS = Path(__file__).parent / "results"
 SMALL_DETAILS = ("tau", "rank_reduction_at_tau", "dense", "scale", "fraction_of_break_even",
                  "energy_kept_threshold", "constraints")
 
@@ -88,15 +86,10 @@ def main() -> None:
                   f"knn {quality['knn10_overlap']:.4f} ({seconds:.1f} s)", flush=True)
 
     table = render(rows, calib_seconds, len(calib), len(held_out), args.align)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"model": loaded.name, "method": "svdllm", "rank_align": args.align,
                "calibration_passages": len(calib), "evaluation_passages": len(held_out),
-               "seq_len": args.seq_len, "calibration_seconds": calib_seconds, "rows": rows,
-               "environment": environment()}
-    out.with_suffix(".json").write_text(json.dumps(payload, indent=2))
-    out.with_suffix(".md").write_text(table)
-    print(table)
+               "seq_len": args.seq_len, "calibration_seconds": calib_seconds, "rows": rows}
+    write_results(args.out, payload, table)
 
 
 def render(rows: list[dict], calib_seconds: float, n_calib: int, n_eval: int,

@@ -15,15 +15,13 @@ import argparse
 import copy
 import json
 import time
-from pathlib import Path
+
+from common import RESULTS, write_results  # benchmarks/common.py (run as scripts)
 
 import lowrank as lr
 from lowrank.calib import read_texts, tokenize
 from lowrank.eval import Evaluator
 from lowrank.models import load_model
-from lowrank.utils.env import environment
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> None:
@@ -81,16 +79,11 @@ def main() -> None:
                   f"{quality_other['cosine']:.4f} ({seconds:.1f} s)", flush=True)
 
     table = render(rows, calib_seconds, len(calib), len(held_out), len(other))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"model": loaded.name, "calibration_passages": len(calib),
                "evaluation_passages": len(held_out), "other_domain_passages": len(other),
                "seq_len": args.seq_len,
-               "calibration_seconds": calib_seconds, "rows": rows,
-               "environment": environment()}
-    out.with_suffix(".json").write_text(json.dumps(payload, indent=2))
-    out.with_suffix(".md").write_text(table)
-    print(table)
+               "calibration_seconds": calib_seconds, "rows": rows}
+    write_results(args.out, payload, table)
 
 
 def _field(flag: str) -> tuple[str, object]:

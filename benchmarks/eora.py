@@ -15,18 +15,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
-from pathlib import Path
+
+from common import RESULTS, write_results  # benchmarks/common.py (run as scripts)
 
 import lowrank as lr
 from lowrank.calib import read_texts, tokenize
 from lowrank.eval import Evaluator
 from lowrank.models import load_model
 from lowrank.nn import count_bytes
-from lowrank.utils.env import environment
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def configurations(rank: int) -> list[tuple[str, str | None, lr.CompressionConfig]]:
@@ -97,15 +94,10 @@ def main() -> None:
               f"({seconds:.1f} s{extra})", flush=True)
 
     table = render(rows, calib_seconds, len(calib), len(held_out))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"model": loaded.name, "rank": args.rank, "calibration_passages": len(calib),
                "evaluation_passages": len(held_out), "seq_len": args.seq_len,
-               "calibration_seconds": calib_seconds, "rows": rows,
-               "environment": environment()}
-    out.with_suffix(".json").write_text(json.dumps(payload, indent=2))
-    out.with_suffix(".md").write_text(table)
-    print(table)
+               "calibration_seconds": calib_seconds, "rows": rows}
+    write_results(args.out, payload, table)
 
 
 def render(rows: list[dict], calib_seconds: float, n_calib: int, n_eval: int) -> str:

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from common import RESULTS, write_results  # benchmarks/common.py (run as scripts)
 from torch import nn
 
 import lowrank as lr
@@ -25,9 +24,6 @@ from lowrank.calib import read_texts, tokenize
 from lowrank.calib.data import TokenBatch
 from lowrank.models import load_model
 from lowrank.nn import LowRankLinear
-from lowrank.utils.env import environment
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def forward_flops(model: nn.Module, seq: int) -> float:
@@ -97,12 +93,7 @@ def main() -> None:
               f"tokens, median of {args.repeats} alternating runs, "
               f"{torch.get_num_threads()} threads."]
     table = "\n".join(lines) + "\n"
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"rows": rows, "environment": environment()},
-                                                   indent=2))
-    out.with_suffix(".md").write_text(table)
-    print(table)
+    write_results(args.out, {"rows": rows}, table)
 
 
 if __name__ == "__main__":

@@ -16,20 +16,17 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
-from pathlib import Path
 
 import torch
+from common import RESULTS, write_results  # benchmarks/common.py (run as scripts)
 
 import lowrank as lr
 from lowrank.calib import read_texts, tokenize
 from lowrank.eval import Evaluator
 from lowrank.finetune import embedding_gap, recover
 from lowrank.models import load_model
-from lowrank.utils.env import environment
 
-RESULTS = Path(__file__).parent / "results"
 TARGET_GAP = 0.03
 
 
@@ -108,17 +105,13 @@ def main() -> None:
               f"best step {report.best_step}/{report.steps}", flush=True)
 
     table = render(rows, args, compress_seconds, len(train), len(stop), len(held_out))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"model": loaded.name, "method": result.method, "keep_target": args.keep,
                "keep_actual": result.keep_actual, "compress_seconds": compress_seconds,
                "calibration_passages": len(calib), "training_passages": len(train),
                "early_stopping_passages": len(stop), "evaluation_passages": len(held_out),
                "seq_len": args.seq_len, "target_gap": TARGET_GAP, "rows": rows,
-               "threads": torch.get_num_threads(), "environment": environment()}
-    out.with_suffix(".json").write_text(json.dumps(payload, indent=2))
-    out.with_suffix(".md").write_text(table)
-    print(table)
+               "threads": torch.get_num_threads()}
+    write_results(args.out, payload, table)
 
 
 def render(rows: list[dict], args, compress_seconds: float, n_train: int, n_stop: int,
