@@ -1,0 +1,17 @@
+"""Low-rank training: GaLore-family projected optimizers, memory estimates, rank pruning."""
+
+from .galore import GaLoreAdamW, check_distributed_wrapper, galore_groups
+from .memory import MemoryEstimate, estimate_memory
+from .projectors import dct_matrix
+from .trp import TrainedRankPruning, energy_rank
+
+__all__ = [
+    "GaLoreAdamW",
+    "MemoryEstimate",
+    "TrainedRankPruning",
+    "check_distributed_wrapper",
+    "dct_matrix",
+    "energy_rank",
+    "estimate_memory",
+    "galore_groups",
+]

@@ -1,0 +1,319 @@
+"""Small causal-LM pretraining runs: one function shared by ``lowrank train`` and the benchmark.
+
+A LLaMA-architecture model (transformers' ``LlamaForCausalLM``, random init, grouped-query
+attention, RoPE) is trained on the embedded CPython documentation text with a byte-level
+tokenizer (vocabulary 256: every UTF-8 byte is a token, so nothing is downloaded). Methods:
+``adamw``; ``galore`` / ``galore-rsvd`` / ``galore-dct`` (:class:`GaLoreAdamW`);
+``galore-torch`` (the reference package, when installed); ``sltrain``, ``lost`` and
+``lowrank`` (layers replaced by :class:`SparseLowRankLinear`, :class:`LOSTLinear` or
+:class:`LowRankLinear`, trained with AdamW). transformers is imported lazily.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, LowRankError
+
+METHODS = ("adamw", "galore", "galore-svd", "galore-rsvd", "galore-dct", "galore-torch",
+           "sltrain", "lost", "lowrank")
+
+
+@dataclass
+class PretrainConfig:
+    """One pretraining run (all fields JSON-serialisable)."""
+
+    method: str = "galore"
+    steps: int = 100
+    lr: float = 3e-3
+    batch_size: int = 8
+    seq_len: int = 256
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate: int = 352
+    rank: int = 32
+    update_proj_gap: int = 50
+    scale: float = 0.25
+    sl_density: float = 0.03
+    sl_alpha: float = 32.0
+    lost_sparsity: float = 0.05
+    lost_gamma: float = 0.5
+    lowrank_rank: int | None = None
+    weight_decay: float = 0.0
+    warmup: float = 0.1
+    eval_batches: int = 8
+    seed: int = 0
+    per_layer: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
+        for key in ("steps", "batch_size", "seq_len", "hidden", "layers", "rank"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{key} must be a positive int, got {value!r}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class PretrainResult:
+    config: dict
+    params_total: int
+    params_trainable: int
+    val_loss: float
+    val_ppl: float
+    optimizer_state_bytes: int
+    projected_state_bytes: int
+    adamw_state_bytes_of_projected: int
+    projector_bytes: int
+    memory_estimate: dict
+    wall_seconds: float
+    step_seconds: float
+    refresh_seconds: float
+    refresh_count: int
+    peak_rss_mib: float
+    losses: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def byte_tokens(texts: list[str]) -> torch.Tensor:
+    """Byte-level tokens of the passages joined by blank lines (int64, vocabulary 256)."""
+    data = "\n\n".join(texts).encode("utf-8")
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).to(torch.long)
+
+
+def text_data() -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, validation) token streams from the embedded text's disjoint splits."""
+    from ..calib.data import read_texts
+
+    return byte_tokens(read_texts(None, "calibration")), byte_tokens(read_texts(None, "evaluation"))
+
+
+def build_llama(cfg: PretrainConfig) -> nn.Module:
+    """A randomly initialised ``LlamaForCausalLM`` of the configured size (seeded)."""
+    try:
+        from transformers import LlamaConfig, LlamaForCausalLM
+    except ImportError as exc:  # pragma: no cover
+        raise LowRankError("pretraining needs transformers: pip install transformers") from exc
+    conf = LlamaConfig(vocab_size=256, hidden_size=cfg.hidden, intermediate_size=cfg.intermediate,
+                       num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
+                       num_key_value_heads=cfg.kv_heads, max_position_embeddings=cfg.seq_len,
+                       tie_word_embeddings=False, attn_implementation="sdpa")
+    torch.manual_seed(cfg.seed)
+    return LlamaForCausalLM(conf)
+
+
+def _replace(model: nn.Module, factory) -> None:  # noqa: ANN001
+    from ..targets import select_linears
+
+    for name, lin in select_linears(model).items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, factory(name, lin))
+
+
+def matched_lowrank_rank(m: int, n: int, params: int) -> int:
+    """Rank of a pure low-rank ``m x n`` layer with (about) ``params`` weight parameters."""
+    return max(1, min(min(m, n), round(params / (m + n))))
+
+
+def apply_method(model: nn.Module, cfg: PretrainConfig) -> None:
+    """Swap the block linears for the method's layer (no-op for optimizer-only methods)."""
+    from ..nn import LowRankLinear
+    from ..nn.lost import LOSTLinear
+    from ..nn.sparse_lowrank import SparseLowRankLinear
+
+    torch.manual_seed(cfg.seed + 1)
+    if cfg.method == "sltrain":
+        _replace(model, lambda name, lin: SparseLowRankLinear.from_linear(
+            lin, min(cfg.rank, *lin.weight.shape), cfg.sl_density, cfg.sl_alpha, cfg.seed,
+            name, init="random"))
+    elif cfg.method == "lost":
+        _replace(model, lambda name, lin: LOSTLinear.from_linear(
+            lin, min(cfg.rank, *lin.weight.shape), cfg.lost_sparsity, cfg.lost_gamma))
+    elif cfg.method == "lowrank":
+        def make(name: str, lin: nn.Linear) -> nn.Module:
+            m, n = lin.weight.shape
+            if cfg.lowrank_rank is not None:
+                r = min(cfg.lowrank_rank, m, n)
+            else:  # match SLTrain's parameter count of this layer
+                r = matched_lowrank_rank(m, n, min(cfg.rank, m, n) * (m + n)
+                                         + math.floor(cfg.sl_density * m * n))
+            return LowRankLinear(n, m, r, bias=lin.bias is not None)
+        _replace(model, make)
+
+
+def make_optimizer(model: nn.Module, cfg: PretrainConfig) -> torch.optim.Optimizer:
+    from .galore import GaLoreAdamW, galore_groups
+
+    betas, eps, wd = (0.9, 0.999), 1e-8, cfg.weight_decay
+    if cfg.method in ("galore", "galore-svd", "galore-rsvd", "galore-dct"):
+        basis = cfg.method.split("-")[1] if "-" in cfg.method else "svd"
+        groups = galore_groups(model, rank=cfg.rank, update_proj_gap=cfg.update_proj_gap,
+                               scale=cfg.scale, basis=basis, seed=cfg.seed)
+        return GaLoreAdamW(groups, lr=cfg.lr, betas=betas, eps=eps, weight_decay=wd)
+    if cfg.method == "galore-torch":
+        try:
+            from galore_torch import GaLoreAdamW as Reference
+        except ImportError as exc:
+            raise LowRankError("method 'galore-torch' needs the reference package: "
+                               "pip install galore-torch") from exc
+        groups = galore_groups(model, rank=cfg.rank, update_proj_gap=cfg.update_proj_gap,
+                               scale=cfg.scale)
+        for g in groups:
+            g.pop("basis", None)
+        return Reference(groups, lr=cfg.lr, betas=betas, eps=eps, weight_decay=wd)
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                             betas=betas, eps=eps, weight_decay=wd)
+
+
+def _state_bytes(opt: torch.optim.Optimizer) -> tuple[int, int, int, int]:
+    """(all state, moments of projected matrices, AdamW moments of those, projector bytes)."""
+    total = projected = dense = projector = 0
+    ranked = {id(p) for g in opt.param_groups if g.get("rank") is not None for p in g["params"]}
+    for p, st in opt.state.items():
+        for key, v in st.items():
+            if isinstance(v, torch.Tensor):
+                b = v.numel() * v.element_size()
+                total += b
+                if key in ("basis", "dct_idx"):
+                    projector += b
+                elif id(p) in ranked and key in ("exp_avg", "exp_avg_sq"):
+                    projected += b
+            elif type(v).__name__ == "GaLoreProjector" and v.ortho_matrix is not None:
+                mats = v.ortho_matrix if isinstance(v.ortho_matrix, list) else [v.ortho_matrix]
+                b = sum(t.numel() * t.element_size() for t in mats)
+                total += b
+                projector += b
+        if id(p) in ranked:
+            dense += 2 * p.numel() * p.element_size()
+    return total, projected, dense, projector
+
+
+class _RefreshTimer:
+    """Times galore-torch's basis computation (``GaLoreProjector.get_orthogonal_matrix``)."""
+
+    def __init__(self) -> None:
+        self.seconds, self.count, self._orig = 0.0, 0, None
+
+    def __enter__(self) -> _RefreshTimer:
+        try:
+            from galore_torch.galore_projector import GaLoreProjector
+        except ImportError:
+            return self
+        self._cls, self._orig = GaLoreProjector, GaLoreProjector.get_orthogonal_matrix
+        orig, timer = self._orig, self
+
+        def timed(proj, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+            start = time.perf_counter()
+            out = orig(proj, *args, **kwargs)
+            timer.seconds += time.perf_counter() - start
+            timer.count += 1
+            return out
+
+        GaLoreProjector.get_orthogonal_matrix = timed
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._orig is not None:
+            self._cls.get_orthogonal_matrix = self._orig
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, val: torch.Tensor, seq_len: int, batches: int,
+             batch_size: int) -> float:
+    """Mean next-token loss on the first ``batches * batch_size`` disjoint windows."""
+    model.eval()
+    windows = val[: (val.numel() - 1) // seq_len * seq_len + 1]
+    n = min(batches * batch_size, (windows.numel() - 1) // seq_len)
+    total = 0.0
+    for start in range(0, n, batch_size):
+        idx = torch.arange(start, min(start + batch_size, n))
+        x = torch.stack([windows[i * seq_len:(i + 1) * seq_len] for i in idx])
+        y = torch.stack([windows[i * seq_len + 1:(i + 1) * seq_len + 1] for i in idx])
+        logits = model(input_ids=x).logits
+        total += nn.functional.cross_entropy(logits.reshape(-1, 256), y.reshape(-1),
+                                             reduction="sum").item()
+    model.train()
+    return total / (n * seq_len)
+
+
+def pretrain(cfg: PretrainConfig, data: tuple[torch.Tensor, torch.Tensor] | None = None,
+             quiet: bool = True, log=None) -> PretrainResult:  # noqa: ANN001
+    """Train one configuration; same seed means same init, same batches, same tokens."""
+    import resource
+
+    from ..utils.progress import progress
+    from .memory import estimate_memory
+
+    train, val = data if data is not None else text_data()
+    model = build_llama(cfg)
+    apply_method(model, cfg)
+    opt = make_optimizer(model, cfg)
+    est = estimate_memory(model, opt, per_layer=cfg.per_layer)
+    if log is not None:
+        log(str(est))
+    if cfg.per_layer:
+        if cfg.method.startswith("galore") and cfg.method != "galore-torch":
+            opt.enable_per_layer(model)
+        else:
+            raise ConfigError(f"--per-layer is available for galore methods, not {cfg.method!r}")
+    warm = max(1, int(cfg.warmup * cfg.steps))
+
+    def schedule(step: int) -> float:  # linear warmup, cosine down to 10%
+        if step < warm:
+            return (step + 1) / warm
+        t = (step - warm) / max(1, cfg.steps - warm)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    starts = torch.randint(0, train.numel() - cfg.seq_len - 1,
+                           (cfg.steps, cfg.batch_size), generator=gen)
+    offs = torch.arange(cfg.seq_len)
+    losses: list[float] = []
+    model.train()
+    with _RefreshTimer() as ref_timer:
+        t0 = time.perf_counter()
+        for step in progress(range(cfg.steps), f"train {cfg.method}", quiet=quiet):
+            idx = starts[step][:, None] + offs
+            x, y = train[idx], train[idx + 1]
+            logits = model(input_ids=x).logits
+            loss = nn.functional.cross_entropy(logits.reshape(-1, 256), y.reshape(-1))
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+            losses.append(float(loss.item()))
+            if not math.isfinite(losses[-1]):
+                break
+        wall = time.perf_counter() - t0
+    val_loss = evaluate(model, val, cfg.seq_len, cfg.eval_batches, cfg.batch_size)
+    total, projected, dense, projector = _state_bytes(opt)
+    refresh_s = getattr(opt, "refresh_seconds", ref_timer.seconds)
+    refresh_n = getattr(opt, "refresh_count", ref_timer.count)
+    if cfg.method == "galore-torch":
+        refresh_s, refresh_n = ref_timer.seconds, ref_timer.count
+    result = PretrainResult(
+        config=asdict(cfg),
+        params_total=sum(p.numel() for p in model.parameters()),
+        params_trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50.0)),
+        optimizer_state_bytes=total, projected_state_bytes=projected,
+        adamw_state_bytes_of_projected=dense, projector_bytes=projector,
+        memory_estimate=est.to_dict(), wall_seconds=wall, step_seconds=wall / max(1, len(losses)),
+        refresh_seconds=refresh_s, refresh_count=refresh_n,
+        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, losses=losses)
+    result.model = model  # type: ignore[attr-defined]  # not serialised
+    return result

@@ -1,0 +1,144 @@
+"""Gradient projectors for GaLore-style optimizers: SVD, randomized SVD and the SVD-free DCT basis.
+
+Papers: "GaLore: Memory-Efficient LLM Training by Gradient Low-Rank Projection" (Zhao et al.,
+ICML 2024) and "SVD-Free Low-Rank Adaptive Gradient Optimization for Large Language Models"
+(Modoranu et al., 2025).
+
+A projector is described by tensors and ints only: ``side`` (0 = left, ``R = P^T G`` with
+``P`` of shape m x r; 1 = right, ``R = G Q`` with ``Q`` of shape n x r) and either a dense basis
+or, for the DCT basis, ``r`` int32 column indices into a fixed orthonormal DCT-II matrix that is
+rebuilt on demand (one cached copy per size, never stored in optimizer state).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import torch
+
+from ..errors import ConfigError
+
+LEFT, RIGHT = 0, 1
+BASES = ("svd", "rsvd", "dct")
+PROJ_TYPES = ("std", "reverse_std", "left", "right")
+
+_DCT_CACHE: dict[tuple[int, torch.dtype, str], torch.Tensor] = {}
+
+
+def dct_matrix(size: int, dtype: torch.dtype = torch.float32,
+               device: torch.device | str = "cpu") -> torch.Tensor:
+    """Orthonormal DCT-II basis as columns: ``D[i, j] = c_j cos(pi j (2 i + 1) / (2 s))``.
+
+    ``c_0 = sqrt(1/s)``, ``c_j = sqrt(2/s)``; ``D^T D = I``. Cached per (size, dtype, device).
+    """
+    key = (int(size), dtype, str(device))
+    cached = _DCT_CACHE.get(key)
+    if cached is not None:
+        return cached
+    i = torch.arange(size, dtype=torch.float64).unsqueeze(1)
+    j = torch.arange(size, dtype=torch.float64).unsqueeze(0)
+    d = torch.cos(math.pi * j * (2 * i + 1) / (2 * size)) * math.sqrt(2.0 / size)
+    d[:, 0] = math.sqrt(1.0 / size)
+    d = d.to(dtype=dtype, device=device)
+    _DCT_CACHE[key] = d
+    return d
+
+
+def choose_side(shape: tuple[int, int], proj_type: str) -> int:
+    """Which side to project: galore-torch's ``std`` projects the smaller dimension."""
+    m, n = shape
+    if proj_type == "std":
+        return RIGHT if m >= n else LEFT
+    if proj_type == "reverse_std":
+        return LEFT if m >= n else RIGHT
+    if proj_type == "left":
+        return LEFT
+    if proj_type == "right":
+        return RIGHT
+    raise ConfigError(f"proj_type must be one of {PROJ_TYPES}, got {proj_type!r}")
+
+
+def effective_rank(shape: tuple[int, int], side: int, rank: int) -> int:
+    """Rank clamped to the size of the projected dimension."""
+    return max(1, min(int(rank), shape[1] if side == RIGHT else shape[0]))
+
+
+def rsvd_seed(seed: int, param_index: int, step: int) -> int:
+    """Deterministic seed of the random test matrix (identical on every process)."""
+    return zlib.crc32(f"{seed}:{param_index}:{step}".encode()) & 0x7FFFFFFF
+
+
+def _work(grad: torch.Tensor) -> torch.Tensor:
+    """Decompositions run in float32 at least (float64 stays float64)."""
+    return grad if grad.dtype == torch.float64 else grad.float()
+
+
+def svd_basis(grad: torch.Tensor, side: int, rank: int) -> torch.Tensor:
+    """Top-``rank`` singular vectors of ``grad`` by a full SVD (fp32 or better): P or Q."""
+    g = _work(grad)
+    u, _, vh = torch.linalg.svd(g, full_matrices=False)
+    basis = u[:, :rank] if side == LEFT else vh[:rank].T
+    return basis.contiguous().to(grad.dtype)
+
+
+def rsvd_basis(grad: torch.Tensor, side: int, rank: int, seed: int, oversample: int = 8,
+               power_iters: int = 1) -> torch.Tensor:
+    """Top-``rank`` singular vectors by a randomized range finder (Halko et al. 2011).
+
+    Costs ``O(m n (r + p))`` instead of a full SVD; the test matrix comes from a CPU generator
+    seeded with ``seed``, so every process draws the same one.
+    """
+    g = _work(grad)
+    m, n = g.shape
+    k = min(rank + oversample, m, n)
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    # range of G^T (row space) for a right basis, range of G (column space) for a left one
+    a = g if side == LEFT else g.T
+    omega = torch.randn(a.shape[1], k, generator=gen, dtype=g.dtype).to(g.device)
+    y, _ = torch.linalg.qr(a @ omega)
+    for _ in range(power_iters):
+        z, _ = torch.linalg.qr(a.T @ y)
+        y, _ = torch.linalg.qr(a @ z)
+    b = y.T @ a  # k x cols
+    ub, _, _ = torch.linalg.svd(b, full_matrices=False)
+    basis = y @ ub[:, :rank]
+    return basis.contiguous().to(grad.dtype)
+
+
+def dct_scores(grad: torch.Tensor, side: int, norm: int = 2) -> torch.Tensor:
+    """Alignment of every DCT basis vector with ``grad`` (the ``ell_norm`` of ``G D`` columns)."""
+    g = _work(grad)
+    if side == RIGHT:
+        s = g @ dct_matrix(g.shape[1], g.dtype, g.device)  # m x n, columns <-> DCT vectors
+        return s.norm(p=norm, dim=0)
+    s = dct_matrix(g.shape[0], g.dtype, g.device).T @ g  # m x n, rows <-> DCT vectors
+    return s.norm(p=norm, dim=1)
+
+
+def dct_indices(grad: torch.Tensor, side: int, rank: int, norm: int = 2) -> torch.Tensor:
+    """int32 indices of the ``rank`` DCT vectors best aligned with ``grad`` (sorted ascending).
+
+    Under the l2 score this subset is optimal among subsets of the fixed DCT basis: the
+    projection error is ``||G||^2 - sum of the selected squared scores``.
+    """
+    scores = dct_scores(grad, side, norm)
+    idx = torch.topk(scores, rank, sorted=False).indices
+    return torch.sort(idx).values.to(torch.int32)
+
+
+def dct_basis(size: int, indices: torch.Tensor, dtype: torch.dtype,
+              device: torch.device | str) -> torch.Tensor:
+    """The selected DCT columns (size x r) rebuilt from the stored int32 indices."""
+    return dct_matrix(size, dtype, device).index_select(1, indices.to(device=device,
+                                                                       dtype=torch.long))
+
+
+def project(grad: torch.Tensor, basis: torch.Tensor, side: int) -> torch.Tensor:
+    """Low-rank gradient: ``P^T G`` (r x n) on the left, ``G Q`` (m x r) on the right."""
+    return basis.T @ grad if side == LEFT else grad @ basis
+
+
+def project_back(low: torch.Tensor, basis: torch.Tensor, side: int) -> torch.Tensor:
+    """Full-size update: ``P N`` on the left, ``N Q^T`` on the right (side from the basis)."""
+    return basis @ low if side == LEFT else low @ basis.T
