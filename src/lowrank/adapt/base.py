@@ -1,0 +1,203 @@
+"""Shared machinery of the adapters: config base, the wrapper layer, module selection, seeds.
+
+Every adapter wraps one frozen base layer (``base_layer``) and adds a trainable update whose
+dense form is :meth:`AdapterLayer.delta_weight`. The wrapper keeps the base module's name, so
+PEFT file keys are ``base_model.model.<name>.lora_A.weight`` for the same ``<name>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, LowRankError, TargetError
+from ..targets import _as_list, _matches, _no_match_message, default_targets, select_linears
+
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@dataclass
+class AdapterConfig(ABC):
+    """Fields every adapter shares (``rank``, ``targets``, ``ignore``, ``seed``), JSON round trip.
+
+    Subclasses set ``kind`` (registry name) and implement :meth:`make_layer`.
+    """
+
+    kind: ClassVar[str] = ""
+    supports_conv: ClassVar[bool] = False
+
+    rank: int = field(default=8, metadata={"help": "adapter rank r"})
+    targets: list[str] | None = field(default=None, metadata={
+        "help": "modules to adapt: class names, dotted names or 're:' regexes; default: every "
+                "linear layer inside the repeated blocks"})
+    ignore: list[str] | None = field(default=None, metadata={
+        "help": "modules to leave untouched, same grammar as targets"})
+    seed: int = field(default=0, metadata={
+        "help": "seed of the initialisation / random bases (combined with each module name)"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.targets, str):
+            self.targets = [self.targets]
+        if isinstance(self.ignore, str):
+            self.ignore = [self.ignore]
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"seed must be an int, got {self.seed!r}")
+        positive(self.rank, "rank")
+
+    @abstractmethod
+    def make_layer(self, module: nn.Module, name: str) -> AdapterLayer:
+        """Wrap ``module`` (named ``name`` in its model) in this adapter."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **dataclasses.asdict(self)}
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+def positive(value: Any, name: str, *, allow_float: bool = False) -> None:
+    kinds = (int, float) if allow_float else (int,)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
+        kind = "a positive number" if allow_float else "a positive integer"
+        raise ConfigError(f"{name} must be {kind}, got {value!r}")
+
+
+def module_seed(seed: int, name: str, tag: str = "") -> int:
+    """A 63-bit seed derived from ``(seed, module name, tag)`` by SHA-256 (process independent)."""
+    digest = hashlib.sha256(f"{seed}\x00{name}\x00{tag}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def generator(seed: int, name: str, tag: str = "") -> torch.Generator:
+    """A dedicated CPU generator for ``(seed, name, tag)``; the global RNG is never touched."""
+    return torch.Generator(device="cpu").manual_seed(module_seed(seed, name, tag))
+
+
+def checksum(*tensors: torch.Tensor) -> str:
+    """SHA-256 of the tensors' float32 CPU bytes."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class LoraExport:
+    """An exact PEFT LoRA form of one adapter: ``delta = (alpha / r) * B A`` (conv: B ∘ A)."""
+
+    A: torch.Tensor  # [r, in] or [r, in, k...] for conv
+    B: torch.Tensor  # [out, r] or [out, r / groups, 1...] for conv
+    alpha: float
+
+    @property
+    def r(self) -> int:
+        return int(self.A.shape[0])
+
+
+class AdapterLayer(nn.Module):
+    """A frozen base layer plus a trainable update ``delta_weight()``; merge/unmerge in fp32."""
+
+    def __init__(self, base: nn.Module, name: str) -> None:
+        super().__init__()
+        self.base_layer = base
+        self.module_name = name
+        self.merged = False
+        for p in base.parameters():
+            p.requires_grad_(False)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    @abstractmethod
+    def delta_weight(self) -> torch.Tensor:
+        """The dense update of the base weight (same shape), computed in float32."""
+
+    def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The update's contribution to the output (default: through the dense delta)."""
+        delta = self.delta_weight().to(x.dtype)
+        base = self.base_layer
+        if isinstance(base, nn.Linear):
+            return nn.functional.linear(x, delta)
+        return base._conv_forward(x, delta, None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged:
+            return self.base_layer(x)
+        return self.base_layer(x) + self.adapter_forward(x)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if self.merged:
+            return
+        w = self.base_layer.weight
+        w.copy_((w.float() + self.delta_weight().float()).to(w.dtype))
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if not self.merged:
+            return
+        w = self.base_layer.weight
+        w.copy_((w.float() - self.delta_weight().float()).to(w.dtype))
+        self.merged = False
+
+    def to_lora(self) -> LoraExport:
+        """The exact PEFT LoRA form of this adapter; raises when there is none."""
+        raise LowRankError(f"{type(self).__name__} on '{self.module_name}' has no exact PEFT "
+                           "LoRA form: save it with lowrank.adapt.save (native format)")
+
+    def native_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors the native format stores (default: the trainable parameters)."""
+        return {n: p for n, p in self.named_parameters() if not n.startswith("base_layer.")}
+
+    def native_meta(self) -> dict[str, Any]:
+        """JSON metadata the native format stores and checks on load (checksums)."""
+        return {}
+
+    def check_native_meta(self, meta: dict[str, Any]) -> None:
+        """Raise when the saved metadata disagrees with this freshly built layer."""
+
+
+def select_modules(model: nn.Module, targets: list[str] | None, ignore: list[str] | None,
+                   allow_conv: bool) -> dict[str, nn.Module]:
+    """Linear (and, when ``allow_conv``, Conv1d/2d/3d) modules selected by targets/ignore.
+
+    Without targets a conv-capable adapter takes the default linear layers plus every conv.
+    """
+    if not allow_conv:
+        return select_linears(model, targets, ignore)
+    kinds = (nn.Linear, *CONV_TYPES)
+    named = dict(model.named_modules())
+    target_list, ignore_list = _as_list(targets), _as_list(ignore)
+    for pattern in target_list + ignore_list:
+        if not any(_matches(pattern, n, m) for n, m in named.items() if n):
+            raise TargetError(_no_match_message(pattern, named))
+    if target_list:
+        hits = [n for n, m in named.items() if n and any(_matches(p, n, m) for p in target_list)]
+        selected = {n: m for n, m in named.items() if isinstance(m, kinds)
+                    and any(n == h or n.startswith(h + ".") for h in hits)}
+    else:
+        selected = dict(default_targets(model))
+        selected.update({n: m for n, m in named.items() if isinstance(m, CONV_TYPES)})
+        selected = {n: m for n, m in named.items() if n in selected}
+    dropped = [n for n, m in named.items() if n and any(_matches(p, n, m) for p in ignore_list)]
+    selected = {n: m for n, m in selected.items()
+                if not any(n == d or n.startswith(d + ".") for d in dropped)}
+    if not selected:
+        raise TargetError(f"targets {target_list or 'default'} (ignore {ignore_list}) select no "
+                          "linear or conv module: expected at least one")
+    return selected
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
