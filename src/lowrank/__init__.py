@@ -5,19 +5,24 @@
 >>> lr.save(model, "out/"); model = lr.load("out/")
 """
 
+from . import adapt, optim, recover, structured, tensor
 from .api import calibrate, compress, to_dense
 from .calib import CalibrationStats
 from .compress import (
     AFM,
     ASVD,
     FWSVD,
+    LR2VQ,
     RTN,
     SVD,
     SVDLLM,
     CompressionConfig,
+    ConvFactorize,
+    CoSpaDi,
     EoRA,
     LoRD,
     MagnitudePrune,
+    MoDeGPT,
     config_from_dict,
 )
 from .compress.result import CompressResult, ModuleReport
@@ -30,6 +35,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AFM",
+    "LR2VQ",
+    "ConvFactorize",
+    "CoSpaDi",
+    "MoDeGPT",
+    "adapt",
+    "optim",
+    "recover",
+    "structured",
+    "tensor",
     "LoRD",
     "ASVD",
     "FWSVD",

@@ -73,12 +73,16 @@ def _key_values(items: list[str]) -> dict[str, Any]:
 @app.command()
 def compress(
     model: str | None = MODEL_ARG,
-    method: str = typer.Option("svdllm", help="a registered method (see `lowrank env`"
-                               " or lowrank.method_names()): svd, asvd, fwsvd, svdllm, ..."),
+    method: str | None = typer.Option(
+        None, help="a registered method (see `lowrank env` or lowrank.method_names()): svd, "
+                   "asvd, fwsvd, svdllm, ...; default: the best measured training-free "
+                   "configuration, svdllm with alloc=sensitivity and the embedding table in "
+                   "the budget"),
     keep: float | None = typer.Option(
         None, help="fraction of targeted parameters kept, in (0, 1] (default 0.8)"),
     alloc: str | None = typer.Option(
-        None, help="rank allocator: uniform (default), energy, welore, svdllm-v2"),
+        None, help="rank allocator: uniform (default with --method), sensitivity (default "
+                   "without), sensitivity-sqrt, energy, welore, svdllm-v2"),
     mode: str | None = typer.Option(
         None, help="svdllm: 'original' (default) or 'sequential' (refit block by block on "
                    "inputs from the compressed model)"),
@@ -127,7 +131,8 @@ def compress(
 
     def human(s: dict) -> None:
         _table(f"lowrank compress: {s['model']}", [
-            ("method", f"{s['method']} (alloc {s['alloc']}, {s['tag']})"),
+            ("method", f"{s['configuration']}, {s['tag']}"
+                       + (" [default configuration]" if s["default_configuration"] else "")),
             ("keep", f"{s['keep_actual']:.4f} of targeted parameters "
                      f"(target {s['keep_target']})"),
             ("parameters", f"{s['params_before']:,} -> {s['params_after']:,}"),
@@ -218,6 +223,11 @@ def env(as_json: bool = typer.Option(False, "--json", help="print one JSON objec
 
     info = environment()
     _emit(info, as_json, lambda d: _table("lowrank env", [(k, str(v)) for k, v in d.items()]))
+
+
+from .train import train_command  # noqa: E402
+
+app.command("train")(train_command)
 
 
 def main() -> None:
