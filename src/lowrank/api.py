@@ -171,32 +171,52 @@ def compress(
 
 def _output_change_probe(model: nn.Module, tokens: TokenizedText, passages: int = 32,
                          batch_size: int = 16):
-    """``probe(name, replacement)``: relative change of the model's final outputs on the first
-    ``passages`` calibration passages when module ``name`` alone is replaced."""
-    from .models.forward import hidden_states
+    """``probe(name, replacement)``: how much the model's end-to-end quality moves on the first
+    ``passages`` calibration passages when module ``name`` alone is replaced.
+
+    The measure is the one the evaluation reports, so the allocation optimises it: for
+    sentence encoders ``1 - cosine`` of the sentence embeddings against the original's, for
+    causal LMs the mean KL divergence of the next-token distributions from the original's
+    (both second order in a small perturbation).
+    """
+    from .models.forward import hidden_states, sentence_embeddings
+    from .models.loading import is_causal_lm
 
     device = next(model.parameters()).device
     subset = TokenizedText(tokens.input_ids[:passages], tokens.attention_mask[:passages],
                            tokens.texts[:passages])
     batches = [b.to(device) for b in subset.batches(batch_size)]
+    causal = is_causal_lm(model)
+
+    def outputs(batch):
+        if causal:
+            return torch.log_softmax(hidden_states(model, batch).float(), dim=-1)
+        return sentence_embeddings(model, batch)
+
     with torch.no_grad():
-        reference = [hidden_states(model, b).float() for b in batches]
+        reference = [outputs(b) for b in batches]
 
     def probe(name: str, replacement: nn.Module) -> float:
         original = model.get_submodule(name)
         replace_module(model, name, replacement)
         try:
-            num = den = 0.0
+            total = count = 0.0
             with torch.no_grad():
                 for batch, ref in zip(batches, reference, strict=True):
-                    mask = batch.attention_mask.bool()
-                    out = hidden_states(model, batch).float()
-                    num += float(((out - ref)[mask] ** 2).sum())
-                    den += float((ref[mask] ** 2).sum())
+                    out = outputs(batch)
+                    if causal:
+                        mask = batch.attention_mask.bool()
+                        kl = (ref.exp() * (ref - out)).sum(-1)
+                        total += float(kl[mask].sum())
+                        count += int(mask.sum())
+                    else:
+                        total += float((1 - (out * ref).sum(-1)).sum())
+                        count += out.shape[0]
         finally:
             replace_module(model, name, original)
-        return (num / max(den, 1e-300)) ** 0.5
+        return max(total / max(count, 1), 0.0)
 
+    probe.passages = subset  # type: ignore[attr-defined]  # what the probe measures on
     return probe
 
 

@@ -13,7 +13,7 @@ from lowrank.alloc.budget import greedy_fill
 from lowrank.errors import ConfigError
 from lowrank.registry import get_allocator
 
-ALLOCATORS = ["uniform", "energy", "welore", "svdllm-v2"]
+ALLOCATORS = ["uniform", "energy", "welore", "svdllm-v2", "sensitivity", "sensitivity-sqrt"]
 KEEPS = [0.2, 0.35, 0.5, 0.65, 0.8, 0.95]
 
 
@@ -36,8 +36,9 @@ def items() -> list[BudgetItem]:
             s = (decay ** torch.arange(r, dtype=torch.float64) * noise).sort(descending=True)
             power = float(0.3 + 1.5 * torch.rand(1, generator=gen))
             w = torch.arange(1, r + 1, dtype=torch.float64) ** -power
+            sens = float(10 ** (-3 * torch.rand(1, generator=gen)))  # measured loss at probe
             out.append(BudgetItem(f"blocks.{layer}.type{t}", m, n, bool(t % 2), 50 * s.values,
-                                  weight_spectrum=w))
+                                  weight_spectrum=w, sensitivity=sens))
     return out
 
 
@@ -131,8 +132,10 @@ def test_max_keep_below_smallest_rank_names_the_matrix():
 
 def test_aligned_rank_that_cannot_save_stays_dense():
     # 12x12: break-even rank 6, largest saving rank 5 -> no multiple of 8 saves: dense
-    items = [BudgetItem("small", 12, 12, False, torch.ones(12, dtype=torch.float64)),
-             BudgetItem("big", 128, 128, False, 0.9 ** torch.arange(128, dtype=torch.float64))]
+    items = [BudgetItem("small", 12, 12, False, torch.ones(12, dtype=torch.float64),
+                        sensitivity=0.1),
+             BudgetItem("big", 128, 128, False, 0.9 ** torch.arange(128, dtype=torch.float64),
+                        sensitivity=0.1)]
     c = RankConstraints(align=8)
     assert c.limits(items[0]).lo > c.limits(items[0]).hi
     for name in ALLOCATORS:

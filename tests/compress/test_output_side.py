@@ -18,7 +18,7 @@ from torch import nn
 import lowrank
 from lowrank import AFM, SVDLLM, LoRD
 from lowrank.calib import CalibrationStats, SiteStats
-from lowrank.compress.afm import AffineBudgetItem, rank_for_keep
+from lowrank.compress.embedding import AffineBudgetItem, rank_for_keep
 from lowrank.errors import ConfigError, DataError
 from lowrank.io.checkpoint import MANIFEST
 from lowrank.nn import FactorizedEmbedding, LowRankLinear

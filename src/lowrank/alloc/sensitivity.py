@@ -1,21 +1,32 @@
 """Sensitivity allocation: spend the budget where the model's end-to-end quality needs it.
 
-Each matrix's sensitivity ``s_l`` is measured, not estimated from its spectrum: the relative
-change of the model's final outputs on calibration passages when only that matrix is truncated
-to a probe rank (half its break-even rank), everything else intact (the measurement-driven
-allocation of ASVD's STRS, done once per matrix instead of a sweep). Each matrix then keeps a
-fraction of its break-even rank proportional to ``s_l ** power`` (``power = 0.5`` by default),
-with one common multiplier bisected to meet the global budget, and the integer gap filled
-where the sensitivity per parameter is highest.
+Each matrix's sensitivity ``s_l`` is measured, not estimated from its spectrum: the change of
+the model's end-to-end quality on calibration passages (``1 - cosine`` of sentence embeddings
+for encoders, next-token KL for causal LMs) when only that matrix is truncated to a probe rank
+``p_l`` (half its break-even rank), everything else intact (the measurement-driven allocation
+of ASVD's STRS, done once per matrix instead of a sweep).
+
+``sensitivity`` (default) turns the one measurement into a whole curve with the matrix's own
+spectrum: truncating to rank ``r`` leaves the weighted tail energy ``T_l(r) = sum_{i>r}
+sigma_i^2`` (for whitened spectra, the layer's squared output error), and both the quality
+loss and ``T_l`` are second order in the perturbation, so ``gap_l(r) = s_l T_l(r) / T_l(p_l)``.
+The allocation minimises ``sum_l gap_l(r_l)`` under the budget by its Lagrangian (each matrix
+takes the rank, or dense, minimising ``gap_l(r) + lambda cost_l(r)``; ``lambda`` bisected to
+the budget), then fills the integer gap by the largest gap reduction per parameter.
+
+``sensitivity-sqrt`` is the simpler rule of spec §16: each matrix keeps a fraction of its
+break-even rank proportional to ``s_l ** 0.5``, one multiplier bisected to the budget.
 
 The probes come from :func:`lowrank.compress` (they need the model and calibration text);
-the allocator itself only reads ``BudgetItem.sensitivity``.
+the allocators only read ``BudgetItem.sensitivity``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+
+import torch
 
 from ..errors import DataError
 from ..registry import register_allocator
@@ -33,16 +44,80 @@ from .budget import target_params as _target
 POWER = 0.5
 
 
+def probe_rank(item: BudgetItem) -> int:
+    """The rank a sensitivity probe truncates ``item`` to: half its break-even rank."""
+    return max(1, min(item.max_rank, int(0.5 * item.break_even)))
+
+
+def _sensitivities(items: Sequence[BudgetItem]) -> dict[str, float]:
+    missing = [it.name for it in items if getattr(it, "sensitivity", None) is None]
+    if missing:
+        raise DataError("the 'sensitivity' allocators need measured sensitivities: run them "
+                        "through lowrank.compress with calibration data (missing for "
+                        f"{missing[:3]})")
+    return {it.name: max(float(it.sensitivity), 1e-12) for it in items}
+
+
+class _GapCurve:
+    """``gap(r) = s T(r) / T(p)`` at every rank of one matrix, and its allowed ranks."""
+
+    def __init__(self, item: BudgetItem, s: float, constraints: RankConstraints) -> None:
+        energy = item.spectrum.detach().to(torch.float64).flatten() ** 2
+        tail = torch.cat([energy.flip(0).cumsum(0).flip(0), energy.new_zeros(1)])  # T(0..n)
+        ref = float(tail[min(probe_rank(item), tail.numel() - 1)])
+        self.gap = (s * tail / max(ref, 1e-300)).tolist()
+        lim = constraints.limits(item)
+        self.ranks: list[int | None] = list(range(lim.lo, lim.hi + 1, constraints.align))
+        if lim.dense_ok:
+            self.ranks.append(None)
+        self.costs = [item.cost(r) for r in self.ranks]
+
+    def at(self, rank: int | None) -> float:
+        if rank is None:
+            return 0.0
+        return self.gap[min(rank, len(self.gap) - 1)]
+
+    def best(self, lam: float) -> int | None:
+        values = [self.at(r) + lam * c for r, c in zip(self.ranks, self.costs, strict=True)]
+        return self.ranks[min(range(len(values)), key=values.__getitem__)]
+
+
 @register_allocator("sensitivity")
 def sensitivity(items: Sequence[BudgetItem], keep: float, *,
                 constraints: RankConstraints = UNCONSTRAINED) -> Allocation:
+    """Minimise the predicted end-to-end loss ``sum_l s_l T_l(r_l) / T_l(p_l)`` under the
+    budget (Lagrangian per matrix, multiplier bisected, integer gap filled greedily)."""
+    sens = _sensitivities(items)
+    target = _target(items, keep, constraints)
+    curves = {it.name: _GapCurve(it, sens[it.name], constraints) for it in items}
+    # lambda's natural unit: a matrix's loss at its probe per parameter of its dense cost
+    unit = sum(sens.values()) / sum(it.dense_cost() for it in items)
+
+    def ranks_at(t: float) -> dict[str, int | None]:
+        lam = unit * (1.0 - t) / max(t, 1e-12)
+        return {it.name: curves[it.name].best(lam) for it in items}
+
+    t, ranks = bisect_parameter(items, target, ranks_at, constraints=constraints)
+
+    def priority(item: BudgetItem, k: int) -> float:
+        curve = curves[item.name]
+        nxt = k + constraints.align
+        step = item.cost(nxt if nxt <= item.max_rank else None) - item.cost(k)
+        return (curve.at(k) - curve.at(nxt if nxt <= item.max_rank else None)) / max(step, 1)
+
+    ranks = greedy_fill(items, ranks, target, priority, constraints)
+    predicted = sum(curves[it.name].at(ranks[it.name]) for it in items)
+    details = {"rule": "lagrangian", "predicted_loss": predicted,
+               "sensitivity": {it.name: float(it.sensitivity) for it in items}}
+    return finish("sensitivity", items, ranks, keep, details, constraints)
+
+
+@register_allocator("sensitivity-sqrt")
+def sensitivity_sqrt(items: Sequence[BudgetItem], keep: float, *,
+                     constraints: RankConstraints = UNCONSTRAINED) -> Allocation:
     """Rank ``floor(min(1, m * w_l / mean w) * mn/(m+n))`` with ``w_l = s_l ** 0.5``."""
-    missing = [it.name for it in items if getattr(it, "sensitivity", None) is None]
-    if missing:
-        raise DataError("the 'sensitivity' allocator needs measured sensitivities: run it "
-                        "through lowrank.compress with calibration data (missing for "
-                        f"{missing[:3]})")
-    weights = {it.name: max(float(it.sensitivity), 1e-12) ** POWER for it in items}
+    sens = _sensitivities(items)
+    weights = {name: s ** POWER for name, s in sens.items()}
     mean = sum(weights.values()) / len(weights)
     target = _target(items, keep, constraints)
 
@@ -55,9 +130,10 @@ def sensitivity(items: Sequence[BudgetItem], keep: float, *,
     t, ranks = bisect_parameter(items, target, ranks_at, constraints=constraints)
     ranks = greedy_fill(items, ranks, target,
                         lambda it, k: weights[it.name] / mean - k / it.break_even, constraints)
-    details = {"multiplier": t / max(1.0 - t, 1e-12), "power": POWER,
+    details = {"rule": "sqrt", "multiplier": t / max(1.0 - t, 1e-12), "power": POWER,
                "sensitivity": {it.name: float(it.sensitivity) for it in items}}
-    return finish("sensitivity", items, ranks, keep, details, constraints)
+    return finish("sensitivity-sqrt", items, ranks, keep, details, constraints)
 
 
 sensitivity.needs_probe = True  # type: ignore[attr-defined]
+sensitivity_sqrt.needs_probe = True  # type: ignore[attr-defined]

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..alloc.budget import BudgetItem, RankConstraints
+from ..alloc.sensitivity import probe_rank
 from ..calib.stats import CalibrationStats
 from ..errors import ConfigError, DataError
 from ..linalg import WhitenedSVD
@@ -50,6 +51,16 @@ class FactorizationConfig(CompressionConfig):
     rank_align: int = field(default=1, metadata={
         "help": "ranks are multiples of this (e.g. 8 for GEMM-friendly shapes); a matrix "
                 "whose aligned rank would not save parameters stays dense"})
+    embeddings: bool = field(default=False, metadata={
+        "help": "also compress the input-embedding table (model.get_input_embeddings()) by the "
+                "token-frequency-weighted PCA of its rows; its parameters join the budget"})
+    embedding_keep: float | None = field(default=None, metadata={
+        "help": "fraction of the embedding table's parameters kept; default: the table shares "
+                "one allocation with the linears under keep"})
+    embedding_floor: float = field(default=0.1, metadata={
+        "help": "weight of the uniform distribution over the vocabulary mixed into the "
+                "calibration token frequencies (0: frequencies only, 1: plain PCA of the "
+                "table), so unseen tokens still shape the basis"})
 
     def __post_init__(self) -> None:
         from ..registry import allocator_names
@@ -72,6 +83,23 @@ class FactorizationConfig(CompressionConfig):
             self.constraints  # noqa: B018
         except ConfigError as exc:
             raise ConfigError(str(exc).replace("align must", "rank_align must", 1)) from None
+        self._validate_embedding_fields()
+
+    def _validate_embedding_fields(self) -> None:
+        if not isinstance(self.embeddings, bool):
+            raise ConfigError(f"embeddings must be true or false, got {self.embeddings!r}")
+        if self.embedding_keep is not None:
+            if isinstance(self.embedding_keep, bool) or not isinstance(
+                    self.embedding_keep, (int, float)) or not 0 < self.embedding_keep <= 1:
+                raise ConfigError(f"embedding_keep must be a number in (0, 1] (fraction of the "
+                                  f"table's parameters kept) or None, got "
+                                  f"{self.embedding_keep!r}")
+            self.embedding_keep = float(self.embedding_keep)
+        if isinstance(self.embedding_floor, bool) or not isinstance(
+                self.embedding_floor, (int, float)) or not 0 <= self.embedding_floor <= 1:
+            raise ConfigError(f"embedding_floor must be in [0, 1], got "
+                              f"{self.embedding_floor!r}")
+        self.embedding_floor = float(self.embedding_floor)
 
     @property
     def constraints(self) -> RankConstraints:
@@ -95,6 +123,10 @@ class FactorizationConfig(CompressionConfig):
 
     def apply(self, model: nn.Module, modules: dict[str, nn.Module],
               stats: CalibrationStats | None) -> MethodOutcome:
+        if self.embeddings:
+            from .embedding import factorize_with_embedding
+
+            return factorize_with_embedding(self, model, modules, stats)
         return factorize(self, model, modules, stats)
 
 
@@ -113,16 +145,22 @@ def sensitivity_probe(probe: Probe) -> Iterator[None]:
         _PROBE.reset(token)
 
 
-def _measure_sensitivities(modules: dict[str, nn.Module], decomps: dict[str, Any],
-                           items: list[BudgetItem]) -> None:
-    """Each matrix alone truncated to half its break-even rank: the model's output change."""
+def current_probe() -> Probe:
+    """The probe set by :func:`sensitivity_probe`; a clear error outside of it."""
     probe = _PROBE.get()
     if probe is None:
         raise DataError("the 'sensitivity' allocator measures the model end to end: call it "
                         "through lowrank.compress with calibration data")
+    return probe
+
+
+def _measure_sensitivities(modules: dict[str, nn.Module], decomps: dict[str, Any],
+                           items: list[BudgetItem]) -> None:
+    """Each matrix alone truncated to half its break-even rank: the model's output change."""
+    probe = current_probe()
     for item in items:
         lin, dec = modules[item.name], decomps[item.name]
-        rank = max(1, min(item.max_rank, int(0.5 * item.break_even)))
+        rank = probe_rank(item)
         B, A = dec.factors(rank)
         bias = None if lin.bias is None else lin.bias.detach()
         if hasattr(dec, "bias"):

@@ -32,14 +32,15 @@ class Evaluator:
             self.reference_embeddings = embed(model, self.tokens)
         return self.measure(model)
 
-    def measure(self, model: nn.Module) -> dict[str, Any]:
+    def measure(self, model: nn.Module, latency: bool = True) -> dict[str, Any]:
         if self.kind == "causal-lm":
             quality: dict[str, Any] = {"perplexity": perplexity(model, self.tokens)}
         else:
             if self.reference_embeddings is None:
                 raise RuntimeError("call reference(original_model) before measure()")
             quality = embedding_agreement(self.reference_embeddings, embed(model, self.tokens))
-        quality["latency_s"] = forward_latency(model, self.latency_batch)
+        if latency:
+            quality["latency_s"] = forward_latency(model, self.latency_batch)
         return quality
 
 
