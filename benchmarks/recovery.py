@@ -26,6 +26,7 @@ from lowrank.calib import read_texts, tokenize
 from lowrank.eval import Evaluator
 from lowrank.finetune import embedding_gap, recover
 from lowrank.models import load_model
+from lowrank.workflow import DEFAULT_METHOD, DEFAULT_OPTIONS, describe_config, make_config
 
 TARGET_GAP = 0.03
 
@@ -33,6 +34,9 @@ TARGET_GAP = 0.03
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", type=float, default=0.8)
+    parser.add_argument("--config", choices=["svdllm", "default"], default="svdllm",
+                        help="uniform SVD-LLM, or the default configuration of `lowrank "
+                             "compress` (sensitivity allocation, embedding table in the budget)")
     parser.add_argument("--objectives", nargs="+", default=["distill", "task"],
                         choices=["distill", "task"])
     parser.add_argument("--steps", type=int, default=80, help="optimisation steps per run")
@@ -68,13 +72,14 @@ def main() -> None:
 
     compressed = copy.deepcopy(original)
     t = time.perf_counter()
-    result = lr.compress(compressed, lr.SVDLLM(keep=args.keep), data=calib,
-                         tokenizer=loaded.tokenizer)
+    options = DEFAULT_OPTIONS if args.config == "default" else {}
+    config = make_config(DEFAULT_METHOD, keep=args.keep, **options)
+    result = lr.compress(compressed, config, data=calib, tokenizer=loaded.tokenizer)
     compress_seconds = time.perf_counter() - t
     before = evaluator.measure(compressed)
     gap = embedding_gap(original, stop)
     stop_before = gap(compressed)
-    print(f"svdllm keep {args.keep}: cosine {before['cosine']:.4f} "
+    print(f"{describe_config(config)} keep {args.keep}: cosine {before['cosine']:.4f} "
           f"(1 - cosine {1 - before['cosine']:.4f}), compression {compress_seconds:.1f} s",
           flush=True)
 
@@ -104,6 +109,7 @@ def main() -> None:
               f"(1 - cosine {1 - after['cosine']:.4f}) in {report.seconds:.0f} s, "
               f"best step {report.best_step}/{report.steps}", flush=True)
 
+    args.configuration = describe_config(config)
     table = render(rows, args, compress_seconds, len(train), len(stop), len(held_out))
     payload = {"model": loaded.name, "method": result.method, "keep_target": args.keep,
                "keep_actual": result.keep_actual, "compress_seconds": compress_seconds,
@@ -131,7 +137,8 @@ def render(rows: list[dict], args, compress_seconds: float, n_train: int, n_stop
             f"{'met' if r['target_met'] else 'not met'} | {r['tag']} |")
     lines.append("")
     lines.append(
-        f"all-MiniLM-L6-v2 compressed by SVD-LLM (keep {args.keep}, {args.samples} calibration "
+        f"all-MiniLM-L6-v2 compressed by {args.configuration} (keep {args.keep}, "
+        f"{args.samples} calibration "
         f"passages x {args.seq_len} tokens, {compress_seconds:.0f} s), then fine-tuned through "
         f"the low-rank factors only: {args.steps} AdamW steps of {args.batch_size} passages "
         f"(warm-up, cosine decay) on {n_train} calibration passages; early stopping "

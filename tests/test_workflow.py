@@ -41,6 +41,9 @@ def test_compress_job_on_a_tiny_model_directory_with_fine_tuning(tiny_bert, toke
                            quiet=True, plots=False, finetune_steps=2)
     assert summary["tag"] == "fine_tuned"
     assert abs(summary["keep_actual"] - 0.6) <= 0.003
+    assert summary["default_configuration"] is True  # no method given
+    assert summary["configuration"] == ("svdllm (alloc=sensitivity, embeddings=True, "
+                                        "embedding_floor=0.3)")
     report = json.loads((out / "report.json").read_text())
     assert report["fine_tune"]["tag"] == "fine_tuned"
     assert "fine_tune" in report["result"]["timings"]

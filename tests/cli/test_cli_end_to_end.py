@@ -36,7 +36,11 @@ def test_compress_json_writes_complete_directory(monkeypatch, capsys, tmp_path):
         assert (out / name).is_file(), name
     assert list(out.glob("*.png"))
     report = json.loads((out / "report.json").read_text())
-    assert len(report["result"]["modules"]) == 36
+    # the default configuration: SVD-LLM, sensitivity allocation, embedding table in the budget
+    assert summary["default_configuration"] is True
+    assert "alloc=sensitivity" in summary["configuration"]
+    assert len(report["result"]["modules"]) == 37
+    assert report["result"]["modules"][0]["notes"]["kind"] == "embedding"
 
     # eval of the written directory against its base model
     monkeypatch.setattr(sys, "argv", ["lowrank", "eval", str(out), "--json", "--quiet"])
