@@ -37,7 +37,8 @@ def test_cp_planted_rank_is_exact_and_to_conv_matches(kw):
     x = torch.randn(2, 5, 12, 12, dtype=torch.float64)
     layer = CPConv2d.from_conv(conv, rank=4)
     assert layer.decomposition_error < 1e-7
-    torch.testing.assert_close(layer(x), conv(x), atol=1e-6, rtol=0)
+    ref = conv(x)  # the output error scales with the output, as the kernel's does
+    torch.testing.assert_close(layer(x), ref, atol=1e-6 * float(ref.abs().max()), rtol=0)
     back = layer.to_conv()
     torch.testing.assert_close(back(x), layer(x), atol=1e-10, rtol=0)
     # a CP-rank-4 layer trained from scratch also equals its exported dense conv
