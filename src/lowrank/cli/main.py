@@ -132,7 +132,8 @@ def compress(
     def human(s: dict) -> None:
         _table(f"lowrank compress: {s['model']}", [
             ("method", f"{s['configuration']}, {s['tag']}"
-                       + (" [default configuration]" if s["default_configuration"] else "")),
+                       + (" (the default configuration: no --method given)"
+                          if s["default_configuration"] else "")),
             ("keep", f"{s['keep_actual']:.4f} of targeted parameters "
                      f"(target {s['keep_target']})"),
             ("parameters", f"{s['params_before']:,} -> {s['params_after']:,}"),
