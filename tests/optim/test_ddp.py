@@ -15,7 +15,8 @@ import torch
 
 def test_torchrun_two_processes_ddp_gloo(tmp_path):
     if not torch.distributed.is_available():
-        pytest.skip("torch.distributed is not available")
+        pytest.skip("this torch build has no torch.distributed (some macOS/mobile wheels), "
+                    "so there is no gloo backend to launch the two processes on")
     out = tmp_path / "ddp.json"
     worker = Path(__file__).with_name("ddp_worker.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

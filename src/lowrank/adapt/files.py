@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import ModelFileError, TargetError
 from ..io.atomic import atomic_directory
+from ..io.peft import base_model_name, lora_adapter_config
 from .api import CONFIG_ATTR, _layers_or_raise, adapter_layers, apply
 from .base import AdapterConfig, replace_module
 from .flora import FLoRA
@@ -42,15 +43,6 @@ def _toolkit_version() -> str:
     from .. import __version__
 
     return __version__
-
-
-def _base_name(model: nn.Module) -> str | None:
-    name = getattr(getattr(model, "config", None), "_name_or_path", None)
-    return str(name) if name else None
-
-
-def _task_type(model: nn.Module) -> str | None:
-    return "CAUSAL_LM" if type(model).__name__.endswith("ForCausalLM") else None
 
 
 def _write(directory: str | os.PathLike, config: dict[str, Any],
@@ -97,27 +89,8 @@ def save_peft(model: nn.Module, directory: str | os.PathLike,
     r, alpha = Counter(pairs.values()).most_common(1)[0][0]
     rank_pattern = {n: k for n, (k, _) in pairs.items() if k != r}
     alpha_pattern = {n: a for n, (_, a) in pairs.items() if a != alpha}
-    config = {
-        "peft_type": "LORA",
-        "task_type": _task_type(model),
-        "base_model_name_or_path": base_model_name_or_path or _base_name(model),
-        "r": r,
-        "lora_alpha": alpha,
-        "rank_pattern": rank_pattern,
-        "alpha_pattern": alpha_pattern,
-        "target_modules": list(exports),
-        "lora_dropout": 0.0,
-        "bias": "none",
-        "fan_in_fan_out": False,
-        "use_rslora": False,
-        "use_dora": False,
-        "init_lora_weights": True,
-        "inference_mode": True,
-        "modules_to_save": None,
-        "layers_to_transform": None,
-        "layers_pattern": None,
-        "revision": None,
-    }
+    config = lora_adapter_config(model, list(exports), r, alpha, rank_pattern, alpha_pattern,
+                                 base_model_name_or_path)
     tensors: dict[str, torch.Tensor] = {}
     for name, e in exports.items():
         tensors[f"base_model.model.{name}.lora_A.weight"] = e.A
@@ -206,7 +179,7 @@ def save(model: nn.Module, directory: str | os.PathLike) -> Path:
         "peft_type": f"LOWRANK_{cfg.kind.upper()}",
         "format_version": FORMAT_VERSION,
         "toolkit_version": _toolkit_version(),
-        "base_model_name_or_path": _base_name(model),
+        "base_model_name_or_path": base_model_name(model),
         "config": cfg.to_dict(),
         "modules": modules,
     }

@@ -34,7 +34,8 @@ def eora_modules(model: nn.Module) -> dict[str, ResidualLowRankLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, ResidualLowRankLinear)}
 
 
-def _base_name(model: nn.Module) -> str | None:
+def base_model_name(model: nn.Module) -> str | None:
+    """Where the model came from: its manifest's base model, else its config's path."""
     base = (getattr(model, "lowrank_manifest", None) or {}).get("base_model") or {}
     name = base.get("path") or base.get("name")
     if not name:
@@ -56,15 +57,23 @@ def adapter_config(model: nn.Module, base_model_name_or_path: str | None = None
     ranks = {name: m.rank for name, m in layers.items()}
     r = Counter(ranks.values()).most_common(1)[0][0]
     pattern = {name: k for name, k in ranks.items() if k != r}
+    return lora_adapter_config(model, list(layers), r, r, pattern, dict(pattern),
+                               base_model_name_or_path)  # alpha = r: scaling 1 everywhere
+
+
+def lora_adapter_config(model: nn.Module, target_modules: list[str], r: int, alpha: float,
+                        rank_pattern: dict[str, int], alpha_pattern: dict[str, float],
+                        base_model_name_or_path: str | None = None) -> dict[str, Any]:
+    """A PEFT LoRA ``adapter_config.json`` (plain LoRA, no dropout, rslora or DoRA)."""
     return {
         "peft_type": "LORA",
         "task_type": _task_type(model),
-        "base_model_name_or_path": base_model_name_or_path or _base_name(model),
+        "base_model_name_or_path": base_model_name_or_path or base_model_name(model),
         "r": r,
-        "lora_alpha": r,
-        "rank_pattern": pattern,
-        "alpha_pattern": dict(pattern),  # alpha = r per module: scaling 1 everywhere
-        "target_modules": list(layers),
+        "lora_alpha": alpha,
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": alpha_pattern,
+        "target_modules": target_modules,
         "lora_dropout": 0.0,
         "bias": "none",
         "fan_in_fan_out": False,

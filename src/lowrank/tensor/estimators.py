@@ -7,6 +7,7 @@ and ``transform(X_new)`` solves for the rows of new samples against the learned 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,14 +20,20 @@ from .decomp import CPTensor, TTTensor, TuckerTensor, cp, tt, tucker
 __all__ = ["CP", "TT", "Tucker"]
 
 
-class _TensorEstimator:
+class _TensorEstimator(ABC):
+    """Shared fit/transform of the Tucker, CP and TT estimators; each subclass says how to
+    decompose (``_fit``), which mode-0 rows it learns (``_mode0``) and the basis they multiply
+    (``_rest``)."""
+
     decomposition_: Any
 
-    def _fit(self, x: np.ndarray) -> Any:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _fit(self, x: np.ndarray) -> Any:
+        """Decompose ``x`` with the estimator's parameters."""
 
-    def _rest(self) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _rest(self) -> np.ndarray:
+        """The learned basis: (mode-0 rank, product of the other modes)."""
 
     def fit(self, x: Any, y: Any = None) -> _TensorEstimator:
         arr = as_numpy(x, "X")
@@ -60,8 +67,9 @@ class _TensorEstimator:
         rows = as_numpy(rows, "rows")
         return (rows @ self.components_).reshape(rows.shape[0], *self.shape_[1:])
 
-    def _mode0(self) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _mode0(self) -> np.ndarray:
+        """The learned mode-0 rows of the fitted tensor."""
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         return dict(self._params)
