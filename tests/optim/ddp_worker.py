@@ -80,6 +80,9 @@ def main() -> None:
                                                   build()[2].indices))}
         with open(sys.argv[1], "w") as fh:
             json.dump(out, fh)
+    # Both ranks leave together: a rank that tears gloo down while its peer is still working
+    # (rank 0 runs the single-process reference above) can abort in gloo's teardown.
+    dist.barrier()
     dist.destroy_process_group()
 
 
