@@ -218,24 +218,28 @@ def test_refresh_schedule_plain_and_staggered(monkeypatch):
     assert sum(per_step.values()) == 4 + 8  # each parameter still refreshes every 4 steps
 
 
+@pytest.mark.parametrize("proj_type", ["std", "full"])
 @pytest.mark.parametrize("basis", ["svd", "rsvd", "dct"])
-def test_resume_from_weights_only_file_is_bit_exact(tmp_path, basis):
+def test_resume_from_weights_only_file_is_bit_exact(tmp_path, basis, proj_type):
     batches = _batches(6)
+    kw = {"rank": 3, "update_proj_gap": 2, "basis": basis, "proj_type": proj_type}
     a = _mlp()
-    opt_a = GaLoreAdamW(_groups(a, rank=3, update_proj_gap=2, basis=basis), lr=1e-2)
+    opt_a = GaLoreAdamW(_groups(a, **kw), lr=1e-2)
     _train(a, opt_a, batches)
 
     b = _mlp()
-    opt_b = GaLoreAdamW(_groups(b, rank=3, update_proj_gap=2, basis=basis), lr=1e-2)
+    opt_b = GaLoreAdamW(_groups(b, **kw), lr=1e-2)
     _train(b, opt_b, batches[:3])
     torch.save({"model": b.state_dict(), "opt": opt_b.state_dict()}, tmp_path / "ck.pt")
     blob = torch.load(tmp_path / "ck.pt", weights_only=True)
     c = _mlp(seed=5)
     c.load_state_dict(blob["model"])
-    opt_c = GaLoreAdamW(_groups(c, rank=3, update_proj_gap=2, basis=basis), lr=1e-2)
+    opt_c = GaLoreAdamW(_groups(c, **kw), lr=1e-2)
     opt_c.load_state_dict(blob["opt"])
     if basis == "dct":
         assert opt_c.state[c[0].weight]["dct_idx"].dtype == torch.int32
+        if proj_type == "full":
+            assert opt_c.state[c[0].weight]["dct_idx_right"].dtype == torch.int32
     _train(c, opt_c, batches[3:])
     for p, q in zip(a.parameters(), c.parameters(), strict=True):
         assert torch.equal(p, q)
@@ -299,3 +303,52 @@ def test_rsvd_recovers_planted_subspace():
     p = pj.rsvd_basis(g, pj.LEFT, 4, seed=3)
     torch.testing.assert_close(p @ p.T, u @ u.T, atol=1e-5, rtol=0)
     assert torch.equal(q, pj.rsvd_basis(g, pj.RIGHT, 4, seed=3))  # seeded: reproducible
+
+
+@pytest.mark.parametrize("shape", [(10, 6), (6, 10)])
+def test_full_projection_update_equals_PPt_G_QQt(shape):
+    """proj_type="full" (galore-torch's two-sided projection): update P P^T G Q Q^T."""
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(*shape, dtype=torch.float64))
+    g = torch.randn(*shape, dtype=torch.float64)
+    w0 = w.detach().clone()
+    r, lr, scale = 3, 0.1, 0.5
+    opt = GaLoreAdamW([{"params": [w], "rank": r, "update_proj_gap": 10, "scale": scale,
+                        "proj_type": "full", "inner": "sgd"}], lr=lr, weight_decay=0.0)
+    w.grad = g.clone()
+    opt.step()
+    u, s, vh = torch.linalg.svd(g)
+    P, Q = u[:, :r], vh[:r].T
+    expected = P @ P.T @ g @ Q @ Q.T
+    torch.testing.assert_close(w.detach(), w0 - lr * scale * expected, atol=1e-12, rtol=0)
+    # for the top singular pair both projections keep the same rank-r part: G_r
+    torch.testing.assert_close(expected, u[:, :r] @ torch.diag(s[:r]) @ vh[:r], atol=1e-12,
+                               rtol=0)
+
+
+@pytest.mark.parametrize("basis", ["svd", "rsvd", "dct"])
+def test_full_projection_state_sizes_and_memory_estimate(basis):
+    m, n, r = 20, 12, 4
+    w = nn.Parameter(torch.randn(m, n))
+    opt = GaLoreAdamW([{"params": [w], "rank": r, "basis": basis, "proj_type": "full"}])
+    w.grad = torch.randn(m, n)
+    opt.step()
+    st = opt.state[w]
+    assert st["exp_avg"].shape == st["exp_avg_sq"].shape == (r, r)
+    if basis == "dct":
+        assert st["dct_idx"].numel() == st["dct_idx_right"].numel() == r
+        assert "basis" not in st
+    else:
+        assert st["basis"].shape == (m, r) and st["basis_right"].shape == (n, r)
+    est = estimate_memory(nn.Linear(n, m, bias=False), opt)
+    assert est.projected_state == 2 * r * r * 4
+
+
+def test_rsvd_full_recovers_both_planted_subspaces():
+    torch.manual_seed(0)
+    u = torch.linalg.qr(torch.randn(40, 4))[0]
+    v = torch.linalg.qr(torch.randn(25, 4))[0]
+    g = u @ torch.diag(torch.tensor([5.0, 4.0, 3.0, 2.0])) @ v.T
+    p, q = pj.rsvd_basis(g, pj.BOTH, 4, seed=3)
+    torch.testing.assert_close(p @ p.T, u @ u.T, atol=1e-5, rtol=0)
+    torch.testing.assert_close(q @ q.T, v @ v.T, atol=1e-5, rtol=0)

@@ -32,6 +32,8 @@ GALORE_DEFAULTS: dict[str, Any] = {
     "rsvd_oversample": 8, "rsvd_power_iters": 1, "stagger": True, "seed": 0, "inner": "adamw",
 }
 INNER = ("adamw", "sgd")
+# state keys of a projector: dense bases or int32 DCT indices; "*_right" only for proj_type full
+BASIS_KEYS = ("basis", "basis_right", "dct_idx", "dct_idx_right")
 
 
 def _check_group(group: dict) -> None:
@@ -45,7 +47,7 @@ def _check_group(group: dict) -> None:
         raise ConfigError(f"basis must be one of {pj.BASES}, got {group['basis']!r}")
     if group["proj_type"] not in pj.PROJ_TYPES:
         raise ConfigError(f"proj_type must be one of {pj.PROJ_TYPES}, got "
-                          f"{group['proj_type']!r} ('full' is not supported)")
+                          f"{group['proj_type']!r}")
     if group["inner"] not in INNER:
         raise ConfigError(f"inner must be one of {INNER}, got {group['inner']!r}")
     if group["dct_norm"] not in (1, 2):
@@ -68,7 +70,8 @@ class GaLoreAdamW(torch.optim.Optimizer):
     """AdamW with GaLore low-rank gradient projection on groups that carry ``rank``.
 
     Group keys (galore-torch names): ``rank``, ``update_proj_gap`` (default 200), ``scale``
-    (default 0.25), ``proj_type`` (``std`` | ``reverse_std`` | ``left`` | ``right``); ours:
+    (default 0.25), ``proj_type`` (``std`` | ``reverse_std`` | ``left`` | ``right`` | ``full``,
+    the last projecting both sides, ``P^T G Q``, with r x r moments); ours:
     ``basis`` (``svd`` | ``rsvd`` | ``dct``), ``dct_norm`` (1 or 2), ``rsvd_oversample``,
     ``rsvd_power_iters``, ``stagger`` (spread refreshes over the group), ``seed`` (rsvd test
     matrices) and ``inner`` (``adamw``, or ``sgd`` = no moments, update ``scale * back(R)``).
@@ -87,6 +90,8 @@ class GaLoreAdamW(torch.optim.Optimizer):
         self.refresh_seconds = 0.0  # wall time spent computing bases (not part of the state)
         self.refresh_count = 0
         self._per_layer = False
+        # DCT columns gathered from the stored indices, rebuilt after each refresh (not state)
+        self._dct_columns: dict[int, tuple[int, pj.Basis]] = {}
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; a group with ``rank`` gets the GaLore defaults and is validated."""
@@ -117,10 +122,11 @@ class GaLoreAdamW(torch.optim.Optimizer):
                 st = self.state.get(p)
                 if not st:
                     continue
-                for key in ("basis", "dct_idx"):
+                for key in BASIS_KEYS:
                     if key in st and isinstance(st[key], torch.Tensor):
-                        dtype = torch.int32 if key == "dct_idx" else p.dtype
+                        dtype = torch.int32 if key.startswith("dct_idx") else p.dtype
                         st[key] = st[key].to(device=p.device, dtype=dtype)
+        self._dct_columns.clear()
 
     # -- step --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -176,24 +182,39 @@ class GaLoreAdamW(torch.optim.Optimizer):
         start = time.perf_counter()
         side, rank = st["side"], st["rank"]
         if group["basis"] == "svd":
-            st["basis"] = pj.svd_basis(grad, side, rank)
+            new, key = pj.svd_basis(grad, side, rank), "basis"
         elif group["basis"] == "rsvd":
             seed = pj.rsvd_seed(group["seed"], global_index, st["step"])
-            st["basis"] = pj.rsvd_basis(grad, side, rank, seed, group["rsvd_oversample"],
-                                        group["rsvd_power_iters"])
+            new = pj.rsvd_basis(grad, side, rank, seed, group["rsvd_oversample"],
+                                group["rsvd_power_iters"])
+            key = "basis"
         else:
-            st["dct_idx"] = pj.dct_indices(grad, side, rank, group["dct_norm"])
+            new, key = pj.dct_indices(grad, side, rank, group["dct_norm"]), "dct_idx"
+        if side == pj.BOTH:
+            st[key], st[key + "_right"] = new
+        else:
+            st[key] = new
         st["refreshes"] += 1
         self.refresh_count += 1
         self.refresh_seconds += time.perf_counter() - start
 
-    def basis_of(self, p: torch.Tensor) -> torch.Tensor:
-        """The current projection basis of ``p`` (m x r or n x r), dense."""
+    def basis_of(self, p: torch.Tensor) -> pj.Basis:
+        """The current projection basis of ``p``, dense: ``P`` (m x r), ``Q`` (n x r), or the
+        pair ``(P, Q)`` for ``proj_type="full"``."""
         st = self.state[p]
+        both = st["side"] == pj.BOTH
         if "basis" in st:
-            return st["basis"]
-        size = p.shape[1] if st["side"] == pj.RIGHT else p.shape[0]
-        return pj.dct_basis(size, st["dct_idx"], p.dtype, p.device)
+            return (st["basis"], st["basis_right"]) if both else st["basis"]
+        cached = self._dct_columns.get(id(p))
+        if cached is not None and cached[0] == st["refreshes"]:
+            return cached[1]
+        sizes = pj.basis_sizes(tuple(p.shape), st["side"])
+        keys = ("dct_idx", "dct_idx_right") if both else ("dct_idx",)
+        cols = tuple(pj.dct_basis(size, st[key], p.dtype, p.device)
+                     for size, key in zip(sizes, keys, strict=True))
+        basis = cols if both else cols[0]
+        self._dct_columns[id(p)] = (st["refreshes"], basis)
+        return basis
 
     def _galore(self, p: torch.Tensor, group: dict, where: tuple[int, int, int]) -> None:
         grad = p.grad

@@ -97,18 +97,18 @@ def estimate_memory(model: nn.Module, optimizer_or_method: Any = "adamw", *,
                 continue
             side = pj.choose_side(tuple(p.shape), group.get("proj_type", "std"))
             k = pj.effective_rank(tuple(p.shape), side, r)
-            other = p.shape[0] if side == pj.RIGHT else p.shape[1]
-            proj_dim = p.shape[1] if side == pj.RIGHT else p.shape[0]
-            moments = 2 * k * other * size
+            rows, cols = pj.projected_shape(tuple(p.shape), side, k)
+            moments = 2 * rows * cols * size
             if group.get("inner", "adamw") == "sgd":
                 moments = 0
             state += moments
             projected += moments
             dense_equiv += 2 * p.numel() * size
-            if group.get("basis", "svd") == "dct":
-                projector += 4 * k  # int32 indices; the shared DCT matrix is counted below
-            else:
-                projector += k * proj_dim * p.element_size()
+            for proj_dim in pj.basis_sizes(tuple(p.shape), side):
+                if group.get("basis", "svd") == "dct":
+                    projector += 4 * k  # int32 indices; the shared DCT matrices counted below
+                else:
+                    projector += k * proj_dim * p.element_size()
     if any(g.get("basis") == "dct" for g in groups if g.get("rank") is not None):
         sizes = set()
         for g in groups:
@@ -116,7 +116,7 @@ def estimate_memory(model: nn.Module, optimizer_or_method: Any = "adamw", *,
                 continue
             for p in g["params"]:
                 side = pj.choose_side(tuple(p.shape), g.get("proj_type", "std"))
-                sizes.add(p.shape[1] if side == pj.RIGHT else p.shape[0])
+                sizes.update(pj.basis_sizes(tuple(p.shape), side))
         projector += sum(4 * s * s for s in sizes)  # one fp32 DCT matrix per distinct size
     est = MemoryEstimate(name, weights, gradients, state, projector, projected, dense_equiv)
     if verbose:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, LowRankError
+from .galore import BASIS_KEYS
 
 METHODS = ("adamw", "galore", "galore-svd", "galore-rsvd", "galore-dct", "galore-torch",
            "sltrain", "lost", "lowrank")
@@ -187,7 +188,7 @@ def _state_bytes(opt: torch.optim.Optimizer) -> tuple[int, int, int, int]:
             if isinstance(v, torch.Tensor):
                 b = v.numel() * v.element_size()
                 total += b
-                if key in ("basis", "dct_idx"):
+                if key in BASIS_KEYS:
                     projector += b
                 elif id(p) in ranked and key in ("exp_avg", "exp_avg_sq"):
                     projected += b

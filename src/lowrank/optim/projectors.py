@@ -5,9 +5,10 @@ ICML 2024) and "SVD-Free Low-Rank Adaptive Gradient Optimization for Large Langu
 (Modoranu et al., 2025).
 
 A projector is described by tensors and ints only: ``side`` (0 = left, ``R = P^T G`` with
-``P`` of shape m x r; 1 = right, ``R = G Q`` with ``Q`` of shape n x r) and either a dense basis
-or, for the DCT basis, ``r`` int32 column indices into a fixed orthonormal DCT-II matrix that is
-rebuilt on demand (one cached copy per size, never stored in optimizer state).
+``P`` of shape m x r; 1 = right, ``R = G Q`` with ``Q`` of shape n x r; 2 = both sides,
+galore-torch's ``full``: ``R = P^T G Q``, r x r) and either dense bases or, for the DCT basis,
+``r`` int32 column indices per side into a fixed orthonormal DCT-II matrix that is rebuilt on
+demand (one cached copy per size, never stored in optimizer state).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import torch
 
 from ..errors import ConfigError
 
-LEFT, RIGHT = 0, 1
+LEFT, RIGHT, BOTH = 0, 1, 2
 BASES = ("svd", "rsvd", "dct")
-PROJ_TYPES = ("std", "reverse_std", "left", "right")
+PROJ_TYPES = ("std", "reverse_std", "left", "right", "full")
 
 _DCT_CACHE: dict[tuple[int, torch.dtype, str], torch.Tensor] = {}
 
@@ -56,12 +57,28 @@ def choose_side(shape: tuple[int, int], proj_type: str) -> int:
         return LEFT
     if proj_type == "right":
         return RIGHT
+    if proj_type == "full":
+        return BOTH
     raise ConfigError(f"proj_type must be one of {PROJ_TYPES}, got {proj_type!r}")
 
 
 def effective_rank(shape: tuple[int, int], side: int, rank: int) -> int:
-    """Rank clamped to the size of the projected dimension."""
+    """Rank clamped to the size of the projected dimension(s)."""
+    if side == BOTH:
+        return max(1, min(int(rank), *shape))
     return max(1, min(int(rank), shape[1] if side == RIGHT else shape[0]))
+
+
+def projected_shape(shape: tuple[int, int], side: int, rank: int) -> tuple[int, int]:
+    """Shape of the low-rank gradient ``R`` (where the Adam moments live)."""
+    m, n = shape
+    return {LEFT: (rank, n), RIGHT: (m, rank), BOTH: (rank, rank)}[side]
+
+
+def basis_sizes(shape: tuple[int, int], side: int) -> tuple[int, ...]:
+    """Sizes of the projected dimension(s): ``(m,)`` left, ``(n,)`` right, ``(m, n)`` both."""
+    m, n = shape
+    return {LEFT: (m,), RIGHT: (n,), BOTH: (m, n)}[side]
 
 
 def rsvd_seed(seed: int, param_index: int, step: int) -> int:
@@ -74,16 +91,25 @@ def _work(grad: torch.Tensor) -> torch.Tensor:
     return grad if grad.dtype == torch.float64 else grad.float()
 
 
-def svd_basis(grad: torch.Tensor, side: int, rank: int) -> torch.Tensor:
-    """Top-``rank`` singular vectors of ``grad`` by a full SVD (fp32 or better): P or Q."""
-    g = _work(grad)
-    u, _, vh = torch.linalg.svd(g, full_matrices=False)
-    basis = u[:, :rank] if side == LEFT else vh[:rank].T
-    return basis.contiguous().to(grad.dtype)
+def _pick(u: torch.Tensor, vh: torch.Tensor, side: int, rank: int, dtype: torch.dtype
+          ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    left = u[:, :rank].contiguous().to(dtype)
+    right = vh[:rank].T.contiguous().to(dtype)
+    return {LEFT: left, RIGHT: right, BOTH: (left, right)}[side]
+
+
+def svd_basis(grad: torch.Tensor, side: int, rank: int
+              ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Top-``rank`` singular vectors of ``grad`` by a full SVD (fp32 or better).
+
+    ``P`` (left), ``Q`` (right) or the pair ``(P, Q)`` (both sides).
+    """
+    u, _, vh = torch.linalg.svd(_work(grad), full_matrices=False)
+    return _pick(u, vh, side, rank, grad.dtype)
 
 
 def rsvd_basis(grad: torch.Tensor, side: int, rank: int, seed: int, oversample: int = 8,
-               power_iters: int = 1) -> torch.Tensor:
+               power_iters: int = 1) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Top-``rank`` singular vectors by a randomized range finder (Halko et al. 2011).
 
     Costs ``O(m n (r + p))`` instead of a full SVD; the test matrix comes from a CPU generator
@@ -93,17 +119,18 @@ def rsvd_basis(grad: torch.Tensor, side: int, rank: int, seed: int, oversample: 
     m, n = g.shape
     k = min(rank + oversample, m, n)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    # range of G^T (row space) for a right basis, range of G (column space) for a left one
-    a = g if side == LEFT else g.T
+    # range of G^T (row space) for a right basis, range of G (column space) otherwise
+    a = g.T if side == RIGHT else g
     omega = torch.randn(a.shape[1], k, generator=gen, dtype=g.dtype).to(g.device)
     y, _ = torch.linalg.qr(a @ omega)
     for _ in range(power_iters):
         z, _ = torch.linalg.qr(a.T @ y)
         y, _ = torch.linalg.qr(a @ z)
-    b = y.T @ a  # k x cols
-    ub, _, _ = torch.linalg.svd(b, full_matrices=False)
-    basis = y @ ub[:, :rank]
-    return basis.contiguous().to(grad.dtype)
+    ub, _, vbh = torch.linalg.svd(y.T @ a, full_matrices=False)  # a ~ (y ub) s vbh
+    u = y @ ub
+    if side == RIGHT:  # a = G^T: its left singular vectors are G's right ones
+        return u[:, :rank].contiguous().to(grad.dtype)
+    return _pick(u, vbh, side, rank, grad.dtype)
 
 
 def dct_scores(grad: torch.Tensor, side: int, norm: int = 2) -> torch.Tensor:
@@ -116,12 +143,16 @@ def dct_scores(grad: torch.Tensor, side: int, norm: int = 2) -> torch.Tensor:
     return s.norm(p=norm, dim=1)
 
 
-def dct_indices(grad: torch.Tensor, side: int, rank: int, norm: int = 2) -> torch.Tensor:
+def dct_indices(grad: torch.Tensor, side: int, rank: int, norm: int = 2
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """int32 indices of the ``rank`` DCT vectors best aligned with ``grad`` (sorted ascending).
 
     Under the l2 score this subset is optimal among subsets of the fixed DCT basis: the
-    projection error is ``||G||^2 - sum of the selected squared scores``.
+    projection error is ``||G||^2 - sum of the selected squared scores``. For both sides the
+    rows and the columns are chosen independently (a pair of index vectors).
     """
+    if side == BOTH:
+        return dct_indices(grad, LEFT, rank, norm), dct_indices(grad, RIGHT, rank, norm)
     scores = dct_scores(grad, side, norm)
     idx = torch.topk(scores, rank, sorted=False).indices
     return torch.sort(idx).values.to(torch.int32)
@@ -134,11 +165,20 @@ def dct_basis(size: int, indices: torch.Tensor, dtype: torch.dtype,
                                                                        dtype=torch.long))
 
 
-def project(grad: torch.Tensor, basis: torch.Tensor, side: int) -> torch.Tensor:
-    """Low-rank gradient: ``P^T G`` (r x n) on the left, ``G Q`` (m x r) on the right."""
+Basis = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+def project(grad: torch.Tensor, basis: Basis, side: int) -> torch.Tensor:
+    """Low-rank gradient: ``P^T G`` (r x n) left, ``G Q`` (m x r) right, ``P^T G Q`` both."""
+    if side == BOTH:
+        left, right = basis
+        return left.T @ grad @ right
     return basis.T @ grad if side == LEFT else grad @ basis
 
 
-def project_back(low: torch.Tensor, basis: torch.Tensor, side: int) -> torch.Tensor:
-    """Full-size update: ``P N`` on the left, ``N Q^T`` on the right (side from the basis)."""
+def project_back(low: torch.Tensor, basis: Basis, side: int) -> torch.Tensor:
+    """Full-size update: ``P N`` left, ``N Q^T`` right, ``P N Q^T`` both."""
+    if side == BOTH:
+        left, right = basis
+        return left @ low @ right.T
     return basis @ low if side == LEFT else low @ basis.T
