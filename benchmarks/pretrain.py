@@ -1,17 +1,19 @@
 """Benchmark: low-rank pretraining of a small LLaMA on the embedded text, all methods, same tokens.
 
 Usage:  python benchmarks/pretrain.py [--steps 100] [--batch-size 4] [--quick]
+                                     [--hidden 256 --layers 4 --heads 8 --kv-heads 4
+                                      --intermediate 688 --rank 64]
 Writes benchmarks/results/pretrain.json, .md and pretrain.png (loss curves), and saves the
 trained AdamW model to benchmarks/results/pretrain_adamw_model/ (the causal LM of the
 compression benchmarks).
 
-Model: transformers LlamaForCausalLM, hidden 128, 4 layers, 4 heads (2 KV heads), MLP 352,
-byte-level vocabulary 256, sequence length 256 (0.80M parameters; reduced from "a few M" so
-that every row fits in ~10 minutes on one CPU thread). Every row sees the same init seed, the
-same batches and the same number of tokens; warmup 10% then cosine to 10%; weight decay 0.
-GaLore: rank = hidden/4 = 32, update_proj_gap 50, scale 0.25, proj_type std, on every
-attention and MLP linear (embeddings, LM head and norms use AdamW). SLTrain: r 32, delta 0.03,
-alpha 32. LOST: r 32, channel sparsity 0.05, gamma 0.5. Low-rank: per-layer rank matched to
+Model: transformers LlamaForCausalLM, hidden 256, 4 layers, 8 heads (4 KV heads), MLP 688,
+byte-level vocabulary 256, sequence length 256 (about 3M parameters). Every row sees the same
+init seed, the same batches and the same number of tokens; warmup 10% then cosine to 10%;
+weight decay 0. GaLore: rank = hidden/4 = 64, update_proj_gap 50, scale 0.25, proj_type std,
+on every attention and MLP linear (embeddings, LM head and norms use AdamW). SLTrain: r = rank,
+delta 0.03, alpha 32. LOST: r = rank, channel sparsity 0.05, gamma 0.5. Low-rank: per-layer
+rank matched to
 SLTrain's parameter count. Learning-rate sweep (best validation perplexity is reported):
 AdamW {1e-3, 3e-3, 1e-2}; SLTrain / LOST / low-rank {3e-3, 1e-2}; GaLore-svd {5e-3, 1e-2};
 GaLore-rsvd, -dct and the galore-torch reference reuse GaLore-svd's best learning rate.
@@ -42,7 +44,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="one LR per method, 20 steps")
     parser.add_argument("--out", default=str(RESULTS / "pretrain"))
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--kv-heads", type=int, default=4)
+    parser.add_argument("--intermediate", type=int, default=688)
+    parser.add_argument("--rank", type=int, default=None, help="default: hidden / 4")
     args = parser.parse_args()
+    shape = {"hidden": args.hidden, "layers": args.layers, "heads": args.heads,
+             "kv_heads": args.kv_heads, "intermediate": args.intermediate,
+             "rank": args.rank or args.hidden // 4}
     steps = 20 if args.quick else args.steps
     sweep = {k: v[-1:] for k, v in SWEEP.items()} if args.quick else SWEEP
 
@@ -52,25 +63,25 @@ def main() -> None:
     for method, lrs in sweep.items():
         for lr in lrs:
             res = pretrain(PretrainConfig(method=method, steps=steps, lr=lr,
-                                          batch_size=args.batch_size), data)
+                                          batch_size=args.batch_size, **shape), data)
             print(f"{method} lr={lr:g}: val ppl {res.val_ppl:.3f} ({res.wall_seconds:.1f}s)",
                   flush=True)
             runs.setdefault(method, []).append(res)
     best = {m: min(rs, key=lambda r: r.val_loss) for m, rs in runs.items()}
     for method, leader in FOLLOW.items():
         res = pretrain(PretrainConfig(method=method, steps=steps, lr=best[leader].config["lr"],
-                                      batch_size=args.batch_size), data)
+                                      batch_size=args.batch_size, **shape), data)
         print(f"{method} lr={res.config['lr']:g}: val ppl {res.val_ppl:.3f}", flush=True)
         runs[method] = [res]
         best[method] = res
     total_seconds = time.perf_counter() - t_all
-    micro = refresh_micro(reps=1 if args.quick else 3)
+    micro = refresh_micro(shape, reps=1 if args.quick else 3)
 
     order = ["adamw", "galore", "galore-rsvd", "galore-dct", "galore-torch", "sltrain", "lost",
              "lowrank"]
     adamw = best["adamw"]
     ref = best["galore-torch"]
-    n_proj = 7 * PretrainConfig().layers
+    n_proj = 7 * shape["layers"]
     rows = []
     for m in order:
         r = best[m]
@@ -106,10 +117,12 @@ def main() -> None:
     def fmt(x: float | None, spec: str) -> str:
         return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
-    cfg = PretrainConfig(steps=steps, batch_size=args.batch_size)
+    cfg = PretrainConfig(steps=steps, batch_size=args.batch_size, **shape)
     tokens = steps * cfg.batch_size * cfg.seq_len
     lines = [
-        f"Small LLaMA (hidden {cfg.hidden}, {cfg.layers} layers, seq {cfg.seq_len}, byte vocab), "
+        f"Small LLaMA ({adamw.params_total / 1e6:.2f}M parameters: hidden {cfg.hidden}, "
+        f"{cfg.layers} layers, {cfg.heads} heads ({cfg.kv_heads} KV), MLP {cfg.intermediate}, "
+        f"seq {cfg.seq_len}, byte vocab), "
         f"{steps} steps x {cfg.batch_size} x {cfg.seq_len} = {tokens} tokens per row, "
         f"rank {cfg.rank}, 1 CPU thread; total benchmark time {total_seconds:.0f} s.",
         "",
@@ -146,7 +159,7 @@ def main() -> None:
                              "refresh_micro": micro}, table)
 
 
-def refresh_micro(reps: int = 3) -> list[dict]:
+def refresh_micro(shape: dict, reps: int = 3) -> list[dict]:
     """Time one basis computation per method on the benchmark's and LLaMA-60M/130M shapes."""
     import statistics
 
@@ -170,7 +183,8 @@ def refresh_micro(reps: int = 3) -> list[dict]:
 
     out = []
     gen = torch.Generator().manual_seed(0)
-    for m, n, r in [(128, 128, 32), (352, 128, 32), (512, 512, 128), (1376, 512, 128),
+    h, f, rk = shape["hidden"], shape["intermediate"], shape["rank"]
+    for m, n, r in [(h, h, rk), (f, h, rk), (512, 512, 128), (1376, 512, 128),
                     (1024, 1024, 256)]:
         g = torch.randn(m, n, generator=gen)
         side = pj.choose_side((m, n), "std")
