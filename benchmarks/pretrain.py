@@ -104,6 +104,9 @@ def main() -> None:
             "refresh_seconds_per_full_refresh": per_refresh,
             "wall_ratio_vs_galore_torch": (r.wall_seconds / ref.wall_seconds
                                            if m.startswith("galore") else None),
+            "cpu_seconds": r.cpu_seconds,
+            "cpu_ratio_vs_galore_torch": (r.cpu_seconds / ref.cpu_seconds
+                                          if m.startswith("galore") else None),
             "refresh_speedup_vs_galore_torch": (
                 (ref.refresh_seconds / (ref.refresh_count / n_proj)) / per_refresh
                 if m.startswith("galore") and r.refresh_count else None),
@@ -127,9 +130,10 @@ def main() -> None:
         f"rank {cfg.rank}, 1 CPU thread; total benchmark time {total_seconds:.0f} s.",
         "",
         "| method | lr (sweep: val ppl) | params | val ppl | vs AdamW | optimizer state | "
-        "projected / AdamW state | projector | wall s | wall / galore-torch | "
-        "refresh s (count) | s per full refresh | refresh speedup vs galore-torch |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "projected / AdamW state | projector | wall s | wall / galore-torch | CPU s | "
+        "CPU / galore-torch | refresh s (count) | s per full refresh | "
+        "refresh speedup vs galore-torch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         sweep_txt = ", ".join(f"{k}: {v:.2f}" for k, v in r["lr_sweep"].items())
@@ -139,7 +143,8 @@ def main() -> None:
             f"{r['optimizer_state_bytes'] / 2**20:.2f} MiB | "
             f"{fmt(r['projected_state_fraction'], '.1%')} | "
             f"{r['projector_bytes'] / 2**10:.1f} KiB | {r['wall_seconds']:.1f} | "
-            f"{fmt(r['wall_ratio_vs_galore_torch'], '.2f')} | "
+            f"{fmt(r['wall_ratio_vs_galore_torch'], '.2f')} | {r['cpu_seconds']:.1f} | "
+            f"{fmt(r['cpu_ratio_vs_galore_torch'], '.2f')} | "
             f"{r['refresh_seconds']:.3f} ({r['refresh_count']}) | "
             f"{fmt(r['refresh_seconds_per_full_refresh'], '.4f')} | "
             f"{fmt(r['refresh_speedup_vs_galore_torch'], '.1f')} |")

@@ -83,6 +83,7 @@ class PretrainResult:
     refresh_count: int
     peak_rss_mib: float
     losses: list[float] = field(default_factory=list)
+    cpu_seconds: float = float("nan")  # process CPU time of the training loop (all threads)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -286,7 +287,7 @@ def pretrain(cfg: PretrainConfig, data: tuple[torch.Tensor, torch.Tensor] | None
     losses: list[float] = []
     model.train()
     with _RefreshTimer() as ref_timer:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for step in progress(range(cfg.steps), f"train {cfg.method}", quiet=quiet):
             idx = starts[step][:, None] + offs
             x, y = train[idx], train[idx + 1]
@@ -299,7 +300,7 @@ def pretrain(cfg: PretrainConfig, data: tuple[torch.Tensor, torch.Tensor] | None
             losses.append(float(loss.item()))
             if not math.isfinite(losses[-1]):
                 break
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     val_loss = evaluate(model, val, cfg.seq_len, cfg.eval_batches, cfg.batch_size)
     total, projected, dense, projector = _state_bytes(opt)
     refresh_s = getattr(opt, "refresh_seconds", ref_timer.seconds)
@@ -315,6 +316,7 @@ def pretrain(cfg: PretrainConfig, data: tuple[torch.Tensor, torch.Tensor] | None
         adamw_state_bytes_of_projected=dense, projector_bytes=projector,
         memory_estimate=est.to_dict(), wall_seconds=wall, step_seconds=wall / max(1, len(losses)),
         refresh_seconds=refresh_s, refresh_count=refresh_n,
-        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, losses=losses)
+        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, losses=losses,
+        cpu_seconds=cpu)
     result.model = model  # type: ignore[attr-defined]  # not serialised
     return result
