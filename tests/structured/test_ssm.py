@@ -7,15 +7,18 @@ import torch
 from lowrank.errors import ConfigError
 from lowrank.structured import DiagonalSSM, ptd_init, s4d_eigenvalues
 from lowrank.structured.ssm import (
+    conjugate_half,
     fft_conv,
+    half_transfer_function,
     hippo_legs,
+    hippo_legs_normal,
     normal_part_error,
     transfer_function,
     transfer_function_dense,
 )
 
 
-@pytest.mark.parametrize("init", ["lin", "inv", "real", "ptd"])
+@pytest.mark.parametrize("init", ["lin", "inv", "real", "legs", "ptd"])
 @pytest.mark.parametrize("disc", ["zoh", "bilinear"])
 def test_kernel_equals_unrolled_recurrence(init, disc):
     torch.manual_seed(0)
@@ -31,7 +34,7 @@ def test_kernel_equals_unrolled_recurrence(init, disc):
     assert torch.allclose(y_conv, y_rec, atol=1e-10, rtol=0)
     # the linear part alone: K * u + D u against the explicit recurrence
     abar, bbar, c = layer.discrete()
-    x = torch.zeros(2, 4, 8, dtype=torch.complex128)
+    x = torch.zeros(2, 4, layer.n_modes, dtype=torch.complex128)
     lin = []
     for t in range(u.shape[1]):
         x = abar * x + bbar * u[:, t].unsqueeze(-1)
@@ -55,7 +58,7 @@ def test_init_formulas():
     with pytest.raises(ConfigError, match="even"):
         s4d_eigenvalues(7)
     with pytest.raises(ConfigError, match="init"):
-        DiagonalSSM(4, 8, init="legs")
+        DiagonalSSM(4, 8, init="hippo")
 
 
 def test_ptd_conditions_hippo_with_small_transfer_error():
@@ -90,13 +93,87 @@ def test_hippo_shape_and_spectrum():
     assert np.allclose(b, np.sqrt(2 * np.arange(5) + 1))
 
 
-def test_ptd_input_options():
-    ones = DiagonalSSM(2, 16, init="ptd", seed=0)
-    vinv = DiagonalSSM(2, 16, init="ptd", ptd_input="vinv", seed=0)
-    assert torch.equal(ones.a_imag, vinv.a_imag)               # same PTD eigenvalues
-    b_ones = torch.view_as_complex(ones.b.detach())
-    b_vinv = torch.view_as_complex(vinv.b.detach())
+def _dense_discrete_kernel(a, b, c, dt, length):
+    """``K[l] = c Abar^l Bbar`` of the dense ZOH-discretised system (no eigenvectors)."""
+    from scipy.linalg import expm
+
+    abar = expm(dt * a)
+    x = np.linalg.solve(a, (abar - np.eye(a.shape[0])) @ b)
+    out = []
+    for _ in range(length):
+        out.append(c @ x)
+        x = abar @ x
+    return np.array(out)
+
+
+@pytest.mark.parametrize("hippo_b", ["balanced", "ones", "vinv"])
+@pytest.mark.parametrize("init, tol", [("legs", 1e-4), ("ptd", 5e-2)])
+def test_hippo_inits_reproduce_the_system_they_diagonalise(init, tol, hippo_b):
+    # each channel's initial kernel is the kernel of c^T (HiPPO system) b with the channel's c:
+    # S4D-LegS reproduces the normal part (exactly, up to float32), S4-PTD HiPPO-LegS itself
+    # within the PTD transfer-function tolerance (eps = 0.1: ~2e-2)
+    n = 64
+    layer = DiagonalSSM(2, n, init=init, hippo_b=hippo_b, seed=5)
+    a, b = hippo_legs(n)
+    if init == "legs":
+        a = hippo_legs_normal(n)
+    c = np.random.default_rng(5).standard_normal((2, n))       # the layer's read-outs
+    with torch.no_grad():
+        k = layer.double().kernel(200).numpy()
+        dt = torch.exp(layer.log_dt).numpy()
+    for h in range(2):
+        ref = _dense_discrete_kernel(a, b, c[h], dt[h], 200)
+        assert np.abs(k[h] - ref).max() / np.abs(ref).max() < tol
+    if init == "ptd":
+        assert layer.init_report["tf_error"] < tol
+        assert layer.init_report["relative_perturbation"] == pytest.approx(
+            0.1 / np.linalg.norm(a, 2), rel=1e-6)
+
+
+def test_random_readout_is_not_the_hippo_system():
+    # the property above is not automatic: a PTD spectrum with an unrelated random C is far
+    # from HiPPO (the pre-fix initialisation)
+    n = 64
+    layer = DiagonalSSM(1, n, init="ptd", hippo_b="ones", seed=5)
+    with torch.no_grad():
+        layer.c.copy_(torch.randn_like(layer.c))
+        k = layer.double().kernel(200).numpy()[0]
+        dt = float(torch.exp(layer.log_dt)[0])
+    a, b = hippo_legs(n)
+    ref = _dense_discrete_kernel(a, b, np.random.default_rng(5).standard_normal(n), dt, 200)
+    assert np.abs(k - ref).max() / np.abs(ref).max() > 0.5
+
+
+def test_conjugate_half_is_exact_with_real_eigenvalues():
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((9, 9)) - 4 * np.eye(9)
+    b, c = rng.standard_normal(9), rng.standard_normal((2, 9))
+    lam, v = np.linalg.eig(a)
+    m = int(np.sum(lam.imag == 0))
+    assert m >= 1                                               # odd size: a real eigenvalue
+    lam_h, b_h, c_h = conjugate_half(lam, np.linalg.solve(v, b), c @ v)
+    assert lam_h.size == (9 + m) // 2
+    w = np.linspace(0.0, 20.0, 41)
+    for h in range(2):
+        assert np.allclose(half_transfer_function(lam_h, b_h, c_h[h], w),
+                           transfer_function_dense(a, b, c[h], w), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ConfigError, match="conjugate"):
+        conjugate_half(np.array([1j, 2j]), np.ones(2), np.ones(2))
+
+
+def test_hippo_b_splits_keep_the_same_system():
+    layers = {hb: DiagonalSSM(3, 16, init="ptd", hippo_b=hb, seed=0)
+              for hb in ("balanced", "ones", "vinv")}
+    prods = {hb: torch.view_as_complex(m.b.detach()) * torch.view_as_complex(m.c.detach())
+             for hb, m in layers.items()}
+    for hb in ("ones", "vinv"):
+        assert torch.equal(layers[hb].a_imag, layers["balanced"].a_imag)
+        assert torch.allclose(prods[hb], prods["balanced"], rtol=1e-4, atol=0)
+    b_ones = torch.view_as_complex(layers["ones"].b.detach())
+    b_vinv = torch.view_as_complex(layers["vinv"].b.detach())
     assert torch.allclose(b_ones, torch.ones_like(b_ones))
     assert float(b_vinv.abs().max() / b_vinv.abs().min()) > 10  # V^{-1} b is badly scaled
-    with pytest.raises(ConfigError):
-        DiagonalSSM(2, 16, init="ptd", ptd_input="bad")
+    with pytest.raises(ConfigError, match="hippo_b"):
+        DiagonalSSM(2, 16, init="ptd", hippo_b="bad")
+    with pytest.raises(ConfigError, match="Re >= 0"):
+        DiagonalSSM(2, 64, init="ptd", ptd_eps=30.0, seed=0)

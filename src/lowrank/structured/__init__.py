@@ -9,7 +9,9 @@ from .kronecker_gp import (
     SpectralMixtureKernel1D,
     finite_difference_poisson,
     fit_log_weights,
+    learn_poisson_kernels,
     solve_poisson_gp,
+    spectral_candidates,
 )
 from .molrg import MoLRG, k_subspaces, principal_angles, recovery_rate, subspace_recovery_error
 from .pivem import KroneckerLowRankGaussian, PiVeM, planted_dynamic_network, roc_auc
@@ -20,12 +22,22 @@ from .rom import (
     elastic_plate_trajectories,
     farthest_point_sample,
 )
-from .ssm import DiagonalSSM, PTDResult, hippo_legs, ptd_init, s4d_eigenvalues, ssm_param_groups
+from .ssm import (
+    DiagonalSSM,
+    PTDResult,
+    conjugate_half,
+    hippo_diagonal_system,
+    hippo_legs,
+    ptd_init,
+    s4d_eigenvalues,
+    ssm_param_groups,
+)
 
 __all__ = [
-    "DiagonalSSM", "PTDResult", "hippo_legs", "ptd_init", "s4d_eigenvalues", "ssm_param_groups",
-    "KroneckerGP", "SpectralMixtureKernel1D", "finite_difference_poisson", "fit_log_weights",
-    "solve_poisson_gp", "MoLRG", "k_subspaces", "principal_angles", "recovery_rate",
+    "DiagonalSSM", "PTDResult", "conjugate_half", "hippo_diagonal_system", "hippo_legs",
+    "ptd_init", "s4d_eigenvalues", "ssm_param_groups", "KroneckerGP", "SpectralMixtureKernel1D",
+    "finite_difference_poisson", "fit_log_weights", "learn_poisson_kernels", "solve_poisson_gp",
+    "spectral_candidates", "MoLRG", "k_subspaces", "principal_angles", "recovery_rate",
     "subspace_recovery_error", "KroneckerLowRankGaussian", "PiVeM", "planted_dynamic_network",
     "roc_auc", "ReducedOrderOperator", "LearnedInterpolation", "InteractionNetwork",
     "elastic_plate_trajectories", "farthest_point_sample", "CHiDeNNBasis1D", "SeparatedSolution",

@@ -11,7 +11,10 @@ Sequences via Approximate Diagonalization" (ICLR 2024). The HiPPO-LegS matrix is
 non-normal, so its eigenvector matrix is catastrophically ill-conditioned; diagonalising
 ``A + E`` with a small perturbation ``||E|| <= eps`` instead gives a moderately conditioned
 ``V`` (a backward-stable diagonalisation of a nearby matrix) whose transfer function stays
-uniformly close to HiPPO's.
+uniformly close to HiPPO's. S4-PTD initialises the diagonal SSM with ``(Lambda, V^{-1} B, C V)``
+for the HiPPO read-out ``C``: the eigenvalues alone, with an unrelated random ``C``, do not give
+HiPPO's kernel (``DiagonalSSM(init="ptd")`` keeps ``C V``; ``init="legs"`` is S4D-LegS, the
+normal part of HiPPO-LegS, for comparison).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from torch import nn
 
 from ..errors import ConfigError
 
-INITS = ("lin", "inv", "real", "ptd")
+INITS = ("lin", "inv", "real", "legs", "ptd")
+HIPPO_B = ("balanced", "ones", "vinv")
 DISCRETISATIONS = ("zoh", "bilinear")
 
 
@@ -50,8 +54,8 @@ def s4d_eigenvalues(d_state: int, init: str = "lin") -> np.ndarray:
         return -0.5 + 1j * (d_state / math.pi) * (d_state / (2 * n + 1) - 1)
     if init == "real":
         return -(n + 1) + 0j
-    raise ConfigError(f"init must be one of {INITS[:3]} here (use ptd_init for 'ptd'), "
-                      f"got {init!r}")
+    raise ConfigError(f"init must be one of {INITS[:3]} here (use hippo_diagonal_system for "
+                      f"'legs' and 'ptd'), got {init!r}")
 
 
 def hippo_legs(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -102,6 +106,8 @@ class PTDResult:
     backward_error: float
     tf_error: float
     omega: np.ndarray
+    v: np.ndarray | None = None
+    relative_perturbation: float = float("nan")
 
 
 def _diagonalise(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -120,10 +126,12 @@ def ptd_init(a: np.ndarray | None = None, b: np.ndarray | None = None,
 
     Draws ``n_trials`` real Gaussian perturbations ``E`` scaled to ``||E||_2 = eps``,
     diagonalises each ``A + E = V Lambda V^{-1}`` and keeps the draw with the smallest
-    ``kappa(V)`` (the paper's trade-off ``kappa(V_E)`` vs ``||E||`` at a fixed ``eps``). Returns
-    ``Lambda``, ``V^{-1} B`` and ``C V`` plus the condition numbers and the transfer-function
-    error against the unperturbed system on ``i omega`` (default: 400 log-spaced frequencies in
-    [1e-2, 1e3]). ``c`` defaults to a seeded standard normal vector.
+    ``kappa(V)`` (the paper's trade-off ``kappa(V_E)`` vs ``||E||`` at a fixed ``eps``; the
+    paper minimises ``kappa(V_E) + gamma ||E||`` by gradient descent instead). Returns
+    ``Lambda``, ``V^{-1} B`` and ``C V`` (all n modes; :func:`conjugate_half` keeps one of each
+    conjugate pair for an S4D layer), ``V`` itself, ``||E|| / ||A||``, the condition numbers and
+    the transfer-function error against the unperturbed system on ``i omega`` (default: 400
+    log-spaced frequencies in [1e-2, 1e3]). ``c`` defaults to a seeded standard normal vector.
     """
     if a is None:
         a, b_default = hippo_legs(n)
@@ -158,9 +166,65 @@ def ptd_init(a: np.ndarray | None = None, b: np.ndarray | None = None,
     tf_err = float(np.max(np.abs(g_ptd - g_ref)) / np.max(np.abs(g_ref)))
     recon = (v * lam[None, :]) @ np.linalg.inv(v)
     back = float(np.linalg.norm(a - recon, 2) / np.linalg.norm(a, 2))
+    e_norm = float(np.linalg.norm(e, 2))
     return PTDResult(lam=lam, b=b_t, c=c_t, cond_v=cond, cond_v_unperturbed=cond0,
-                     perturbation_norm=float(np.linalg.norm(e, 2)), backward_error=back,
-                     tf_error=tf_err, omega=omega)
+                     perturbation_norm=e_norm, backward_error=back, tf_error=tf_err, omega=omega,
+                     v=v, relative_perturbation=e_norm / float(np.linalg.norm(a, 2)))
+
+
+def conjugate_half(lam: np.ndarray, b: np.ndarray,
+                   c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep one mode of each conjugate pair of a diagonalised *real* system, exactly.
+
+    ``lam``, ``b = V^{-1} b_real`` and ``c = c_real V`` (``c`` may be (h, n), one row per
+    channel) come from ``eig`` of a real matrix, so complex modes come in exact conjugate pairs.
+    Returns the modes with ``Im lam > 0`` and the real modes, the latter with ``b`` halved, so that
+    ``2 Re sum_n c_n b_n exp(lam_n t)`` (the S4D kernel) equals ``c_real exp(tA) b_real``. A real
+    matrix with m real eigenvalues gives ``(n + m) / 2`` modes, not ``n / 2``.
+    """
+    lam = np.asarray(lam)
+    pos, real = lam.imag > 0, lam.imag == 0
+    if int(pos.sum()) != int((lam.imag < 0).sum()):
+        raise ConfigError("conjugate_half needs the eigenvalues of a real matrix (conjugate "
+                          f"pairs), got {int(pos.sum())} with Im > 0 and "
+                          f"{int((lam.imag < 0).sum())} with Im < 0")
+    keep = pos | real
+    b_h = np.array(b, dtype=np.complex128)[keep]
+    b_h[real[keep]] *= 0.5
+    return lam[keep], b_h, np.asarray(c, dtype=np.complex128)[..., keep]
+
+
+def half_transfer_function(lam: np.ndarray, b: np.ndarray, c: np.ndarray,
+                           omega: np.ndarray) -> np.ndarray:
+    """Transfer function of the real system a :func:`conjugate_half` triple stands for:
+    ``sum_n c_n b_n / (i w - lam_n) + conj(c_n b_n) / (i w - conj(lam_n))``."""
+    k = (c * b)[None, :]
+    s = 1j * np.asarray(omega)[:, None]
+    return (k / (s - lam[None, :]) + k.conj() / (s - lam.conj()[None, :])).sum(axis=1)
+
+
+def hippo_diagonal_system(init: str, n: int, *, eps: float = 0.1, n_trials: int = 20,
+                          seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Diagonalised HiPPO-LegS systems usable as S4D initialisers: ``(lam, V, V^{-1} b, report)``.
+
+    * ``legs`` (S4D-LegS): the normal part ``A + P P^T`` of HiPPO-LegS, diagonalised by a unitary
+      ``V`` (every ``Re lam = -1/2``); it drops the rank-1 term, so its transfer function is the
+      normal part's, not HiPPO's.
+    * ``ptd`` (S4-PTD): :func:`ptd_init` of HiPPO-LegS itself, ``A + E = V Lambda V^{-1}``.
+
+    With a read-out ``c`` the diagonal system is ``(lam, V^{-1} b, c V)``.
+    """
+    a, b = hippo_legs(n)
+    if init == "legs":
+        lam, v = np.linalg.eig(hippo_legs_normal(n))
+        v = v / np.linalg.norm(v, axis=0, keepdims=True)
+        s = np.linalg.svd(v, compute_uv=False)
+        return lam, v, np.linalg.solve(v, b), {"cond_v": float(s[0] / s[-1])}
+    if init == "ptd":
+        r = ptd_init(n=n, eps=eps, n_trials=n_trials, seed=seed)
+        return r.lam, r.v, r.b, {"cond_v": r.cond_v, "tf_error": r.tf_error, "eps": eps,
+                                 "relative_perturbation": r.relative_perturbation}
+    raise ConfigError(f"hippo_diagonal_system init must be 'legs' or 'ptd', got {init!r}")
 
 
 def normal_part_error(n: int = 64, omega: np.ndarray | None = None, seed: int = 0) -> float:
@@ -217,22 +281,31 @@ class DiagonalSSM(nn.Module):
     complex modes), then GELU and a position-wise ``Linear(H, 2H)`` + GLU (the S4D block).
 
     Input and output are ``(batch, length, H)``. Parameters: ``log_dt`` (H, log-uniform in
-    ``dt_range``), ``log_a_real`` and ``a_imag`` (H, N/2), ``b`` and ``c`` (H, N/2, complex,
-    stored as real pairs), ``d`` (H). ``init`` is ``lin``/``inv``/``real`` or ``ptd`` (the
-    eigenvalues of a perturbed HiPPO-LegS). With ``ptd`` the input vector is ``ptd_input``:
-    ``"ones"`` (default; S4D's convention of folding B into the learned C) or ``"vinv"``
-    (``V^{-1} b`` rescaled to unit RMS). ``V^{-1} b`` spans four orders of magnitude at
-    ``kappa(V) ~ 4e4`` (N=64, eps=0.1), so a few strongly damped modes (``Re lambda`` ~ -300)
-    dominate the kernel and training stalls (sequential digits, 4 epochs: 0.08 with ``vinv``
-    vs 0.47 with ``ones``); the transfer-function guarantee of PTD needs ``C = c V`` as well,
-    which a learned random C does not keep anyway. ``forward`` uses the FFT
-    convolution; :meth:`step` runs the same layer as a recurrence, one time step at a time.
+    ``dt_range``), ``log_a_real`` and ``a_imag`` (H, modes), ``b`` and ``c`` (H, modes, complex,
+    stored as real pairs), ``d`` (H). ``init``:
+
+    * ``lin`` / ``inv`` / ``real``: S4D's closed-form eigenvalues, ``B = 1``, ``C`` complex
+      standard normal (S4D's minimal recipe);
+    * ``legs`` (S4D-LegS) / ``ptd`` (S4-PTD): a diagonalised HiPPO-LegS system
+      ``(Lambda, V^{-1} b, c V)`` from :func:`hippo_diagonal_system`, with a real standard-normal
+      read-out ``c`` per channel, so that each channel's initial kernel is the kernel of the
+      (perturbed) HiPPO system it diagonalises. One mode of each conjugate pair is kept
+      (:func:`conjugate_half`); for ``ptd`` each pair of real eigenvalues of ``A + E`` adds one
+      mode. ``hippo_b`` splits each mode's product ``c_n b_n`` between ``B`` and ``C`` (an exact
+      diagonal change of state basis, so the initial system is the same): ``"balanced"``
+      (default; ``|B_n| = sqrt(mean_h |c_hn b_n|)``), ``"ones"`` (S4D's ``B = 1``, ``C = c V *
+      V^{-1} b``) or ``"vinv"`` (the paper's literal ``B = V^{-1} b``, ``C = c V``; at
+      ``kappa(V) ~ 4e4`` its B entries reach 1e5 and Adam barely moves them).
+
+    ``forward`` uses the FFT convolution; :meth:`step` runs the same layer as a recurrence.
+    ``init_report`` holds ``kappa(V)``, the transfer-function error of PTD and ``||E||/||A||``.
     """
 
     def __init__(self, d_model: int, d_state: int = 64, *, init: str = "lin",
                  discretisation: str = "zoh", dt_range: tuple[float, float] = (1e-3, 1e-1),
                  dropout: float = 0.0, postact: bool = True, ptd_eps: float = 0.1,
-                 ptd_input: str = "ones", seed: int | None = None) -> None:
+                 ptd_trials: int = 20, hippo_b: str = "balanced",
+                 seed: int | None = None) -> None:
         super().__init__()
         if d_model < 1:
             raise ConfigError(f"d_model must be >= 1, got {d_model}")
@@ -241,34 +314,51 @@ class DiagonalSSM(nn.Module):
         if discretisation not in DISCRETISATIONS:
             raise ConfigError(f"discretisation must be one of {DISCRETISATIONS}, "
                               f"got {discretisation!r}")
-        if ptd_input not in ("ones", "vinv"):
-            raise ConfigError(f"ptd_input must be 'ones' or 'vinv', got {ptd_input!r}")
+        if hippo_b not in HIPPO_B:
+            raise ConfigError(f"hippo_b must be one of {HIPPO_B}, got {hippo_b!r}")
         if not 0 < dt_range[0] <= dt_range[1]:
             raise ConfigError(f"dt_range must be 0 < min <= max, got {dt_range}")
+        if d_state < 2 or d_state % 2:
+            raise ConfigError(f"d_state must be an even integer >= 2 (N/2 complex modes), "
+                              f"got {d_state}")
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         self.h, self.n, self.init, self.discretisation = d_model, d_state, init, discretisation
-        if init == "ptd":
-            res = ptd_init(n=d_state, eps=ptd_eps, seed=0 if seed is None else seed)
-            order = np.argsort(-res.lam.imag, kind="stable")[: d_state // 2]
-            lam, b0 = res.lam[order], res.b[order]
-            if ptd_input == "vinv":
-                # V^{-1} b has entries up to ~kappa(V); rescale to unit RMS
-                b0 = b0 / np.sqrt(np.mean(np.abs(b0) ** 2))
+        self.init_report: dict = {}
+        if init in ("legs", "ptd"):
+            lam_all, v, vinv_b, self.init_report = hippo_diagonal_system(
+                init, d_state, eps=ptd_eps, n_trials=ptd_trials,
+                seed=0 if seed is None else seed)
+            rng = np.random.default_rng(seed)
+            c_real = rng.standard_normal((d_model, d_state))
+            lam, b_h, c_h = conjugate_half(lam_all, vinv_b, c_real @ v)
+            if np.any(lam.real >= 0):
+                raise ConfigError(f"init={init!r} gave eigenvalues with Re >= 0 (max "
+                                  f"{lam.real.max():.3g}); use a smaller ptd_eps than {ptd_eps}")
+            coef = c_h * b_h[None, :]                              # (H, modes)
+            if hippo_b == "vinv":
+                b0, c0 = np.broadcast_to(b_h, coef.shape), c_h
+            elif hippo_b == "ones":
+                b0, c0 = np.ones_like(coef), coef
             else:
-                b0 = np.ones(d_state // 2, dtype=np.complex128)
+                scale = np.sqrt(np.abs(coef).mean(axis=0))
+                scale = np.where(scale > 0, scale, 1.0)
+                b0, c0 = np.broadcast_to(scale, coef.shape).astype(np.complex128), coef / scale
+            c = torch.tensor(np.ascontiguousarray(c0), dtype=torch.complex64)
         else:
             lam = s4d_eigenvalues(d_state, init)
-            b0 = np.ones(d_state // 2, dtype=np.complex128)
+            b0 = np.ones((d_model, d_state // 2), dtype=np.complex128)
+            c = torch.randn(d_model, d_state // 2, dtype=torch.complex64, generator=gen)
+        self.n_modes = int(lam.size)
+        self.init_report["modes"] = self.n_modes
         lam_t = torch.tensor(lam, dtype=torch.complex64).expand(d_model, -1)
-        b_t = torch.tensor(b0, dtype=torch.complex64).expand(d_model, -1)
+        b_t = torch.tensor(np.ascontiguousarray(b0), dtype=torch.complex64)
         log_dt = (torch.rand(d_model, generator=gen) * (math.log(dt_range[1])
                   - math.log(dt_range[0])) + math.log(dt_range[0]))
-        c = torch.randn(d_model, d_state // 2, dtype=torch.complex64, generator=gen)
         self.log_dt = nn.Parameter(log_dt)
         self.log_a_real = nn.Parameter(torch.log(-lam_t.real).clone())
         self.a_imag = nn.Parameter(lam_t.imag.clone())
-        self.b = nn.Parameter(torch.view_as_real(b_t.clone()))
-        self.c = nn.Parameter(torch.view_as_real(c))
+        self.b = nn.Parameter(torch.view_as_real(b_t).clone())
+        self.c = nn.Parameter(torch.view_as_real(c).clone())
         self.d = nn.Parameter(torch.randn(d_model, generator=gen))
         self.postact = postact
         self.dropout = nn.Dropout(dropout)
@@ -279,7 +369,7 @@ class DiagonalSSM(nn.Module):
         return [self.log_dt, self.log_a_real, self.a_imag, self.b]
 
     def discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(Abar, Bbar, C)``, each (H, N/2) complex."""
+        """``(Abar, Bbar, C)``, each (H, modes) complex."""
         lam = torch.complex(-torch.exp(self.log_a_real), self.a_imag)
         dt = torch.exp(self.log_dt).unsqueeze(-1)
         abar, bbar = discretise(lam, torch.view_as_complex(self.b), dt, self.discretisation)
@@ -310,8 +400,8 @@ class DiagonalSSM(nn.Module):
         return self._post(self.convolve(u))
 
     def initial_state(self, batch: int) -> torch.Tensor:
-        """Zero recurrent state, (batch, H, N/2) complex."""
-        return torch.zeros(batch, self.h, self.n // 2, dtype=torch.complex64 if
+        """Zero recurrent state, (batch, H, modes) complex."""
+        return torch.zeros(batch, self.h, self.n_modes, dtype=torch.complex64 if
                            self.c.dtype == torch.float32 else torch.complex128,
                            device=self.c.device)
 
