@@ -102,7 +102,9 @@ def compress(
                           f"got {type(config).__name__}")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    modules = select_linears(model, config.targets, config.ignore)
+    select = getattr(config, "select_modules", None)  # methods on other layers (convolutions)
+    modules = select(model) if callable(select) else \
+        select_linears(model, config.targets, config.ignore)
     params_before, bytes_before = count_parameters(model), count_bytes(model)
     tokens = None
     if data is not None:
@@ -128,7 +130,8 @@ def compress(
     original = copy.deepcopy(model) if config.refines else None
 
     t1 = time.perf_counter()
-    allocator = get_allocator(config.alloc) if hasattr(config, "alloc") else None
+    allocator = get_allocator(config.alloc) if hasattr(config, "alloc") and not callable(select) \
+        else None  # rank allocators of linear layers (conv allocates its keeps itself)
     if getattr(allocator, "needs_probe", False):
         if tokens is None:
             raise DataError("the 'sensitivity' allocator measures the model end to end: pass "

@@ -1,6 +1,9 @@
 """End-to-end jobs behind the CLI: load -> calibrate -> compress -> evaluate -> save -> report.
 
 Each job is one Python call that returns a JSON-ready dict; the CLI only parses and prints.
+Text models calibrate and evaluate on text; vision models (:func:`~lowrank.models.loading.
+model_kind`) on images (:mod:`lowrank.data.images`: scikit-learn's digits by default), with
+quality measured as the agreement of the pooled outputs.
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ import torch
 from .api import compress
 from .calib.data import TextSource, read_texts, tokenize
 from .compress.base import CompressionConfig
-from .errors import ConfigError
+from .data.images import Images, image_files, image_size, prepare_images, read_images
+from .errors import ConfigError, TargetError
 from .eval import Evaluator
 from .io.atomic import atomic_directory
 from .io.checkpoint import load as load_checkpoint
 from .io.checkpoint import write_checkpoint
-from .models.loading import DEFAULT_MODEL_NAME, LoadedModel, load_model
+from .models.loading import DEFAULT_MODEL_NAME, LoadedModel, load_model, peek_kind
 from .nn import count_parameters
 from .registry import get_method
 from .targets import select_linears
@@ -41,6 +45,17 @@ DEFAULT_OUT = "lowrank-out"
 DEFAULT_METHOD = "svdllm"
 DEFAULT_OPTIONS: dict[str, Any] = {"alloc": "sensitivity", "embeddings": True,
                                    "embedding_floor": 0.3}
+
+#: What ``lowrank compress`` runs on a vision model when no method is given: Tucker-2 of every
+#: convolution kernel with per-layer keeps from measured output errors on the calibration
+#: images, half of the kernel parameters kept unless --keep says otherwise (training-free, the
+#: method's own default keep of 0.1 needs fine-tuning; ``benchmarks/cnn_cli.py`` compares the
+#: allocations, CP and keeps).
+DEFAULT_VISION_METHOD = "conv"
+DEFAULT_VISION_OPTIONS: dict[str, Any] = {"alloc": "output-error", "keep": 0.5}
+#: Calibration images that the 'output-error' allocation of convolutions runs on (it keeps every
+#: convolution's input in memory at once).
+CONV_ALLOC_IMAGES = 64
 
 
 def make_config(method: str, **options: Any) -> CompressionConfig:
@@ -95,37 +110,59 @@ def compress_job(
         raise ConfigError(f"finetune_steps must be an int >= 0, got {finetune_steps!r}")
     options = {k: v for k, v in (options or {}).items() if v is not None}
     default = method is None
+    vision = peek_kind(model) == "vision"
     if default:
-        method = DEFAULT_METHOD
-        alloc = alloc if alloc is not None else DEFAULT_OPTIONS["alloc"]
-        options = {**{k: v for k, v in DEFAULT_OPTIONS.items() if k != "alloc"}, **options}
+        method = DEFAULT_VISION_METHOD if vision else DEFAULT_METHOD
+        defaults = DEFAULT_VISION_OPTIONS if vision else DEFAULT_OPTIONS
+        alloc = alloc if alloc is not None else defaults["alloc"]
+        keep = keep if keep is not None else defaults.get("keep")
+        options = {**{k: v for k, v in defaults.items() if k not in ("alloc", "keep")},
+                   **options}
     config = make_config(method, keep=keep, alloc=alloc, seed=seed, targets=targets,
                          ignore=ignore, **options)
-    calib_texts = read_texts(data, "calibration")
-    eval_texts = read_texts(eval_data, "evaluation") if eval_data is not None or data is None \
-        else None
+    if vision:
+        _check_vision_job(config, model, finetune_steps)
+        for source in (data, eval_data):
+            if source is not None and source != "default":
+                image_files(source)  # the one-line error before any heavy work
+    else:
+        calib_texts = read_texts(data, "calibration")
+        eval_texts = read_texts(eval_data, "evaluation") \
+            if eval_data is not None or data is None else None
     torch.manual_seed(seed)
     device = device or default_device()
     log(f"loading {model or DEFAULT_MODEL_NAME} on {device}")
     loaded = load_model(model, device=device)
-    select_linears(loaded.model, config.targets, config.ignore)
+    _select(loaded, config)
     if default and getattr(config, "embeddings", False) and not _table_compressible(loaded.model):
         config = dataclasses.replace(config, embeddings=False)
     if default:
         log(f"no --method given: using the default {describe_config(config)} (the best "
-            "measured training-free configuration)")
-    if eval_texts is None:  # user calibration text: hold out every fifth passage for eval
-        eval_texts = calib_texts[::5] if len(calib_texts) >= 5 else calib_texts
-        calib_texts = [t for i, t in enumerate(calib_texts) if i % 5] or calib_texts
-    eval_tokens = tokenize(eval_texts, loaded.tokenizer, seq_len)
-    calib_tokens = tokenize(calib_texts, loaded.tokenizer, seq_len, samples)
-    evaluator = Evaluator(loaded.kind, eval_tokens)
-    log(f"evaluating the original model on {len(eval_tokens)} held-out passages")
+            "measured training-free configuration"
+            + (" for vision models)" if vision else ")"))
+    if vision:
+        calib_inputs, eval_inputs = _vision_inputs(loaded, data, eval_data, samples)
+        unit = "images"
+    else:
+        if eval_texts is None:  # user calibration text: hold out every fifth passage for eval
+            eval_texts = calib_texts[::5] if len(calib_texts) >= 5 else calib_texts
+            calib_texts = [t for i, t in enumerate(calib_texts) if i % 5] or calib_texts
+        eval_inputs = tokenize(eval_texts, loaded.tokenizer, seq_len)
+        calib_inputs = tokenize(calib_texts, loaded.tokenizer, seq_len, samples)
+        unit = "passages"
+    evaluator = Evaluator(loaded.kind, eval_inputs)
+    log(f"evaluating the original model on {len(eval_inputs)} held-out {unit}")
     quality_before = evaluator.reference(loaded.model)
-    log(f"compressing with {config.method} on {len(calib_tokens)} calibration passages")
     original = copy.deepcopy(loaded.model) if finetune_steps > 0 else None
-    result = compress(loaded.model, config, calib_tokens, tokenizer=loaded.tokenizer,
-                      quiet=quiet)
+    if vision:
+        if getattr(config, "alloc", None) == "output-error" and not config.keeps:
+            config = _allocate_conv_keeps(loaded, config, calib_inputs, log)
+        log(f"compressing with {describe_config(config)}")
+        result = compress(loaded.model, config, quiet=quiet)
+    else:
+        log(f"compressing with {config.method} on {len(calib_inputs)} calibration passages")
+        result = compress(loaded.model, config, calib_inputs, tokenizer=loaded.tokenizer,
+                          quiet=quiet)
     fine_tune = None
     if original is not None:
         log(f"recovery fine-tuning: {finetune_steps} steps of distillation")
@@ -145,11 +182,16 @@ def compress_job(
     with atomic_directory(out) as tmp:
         write_checkpoint(loaded.model, tmp, base=base, copy_files=loaded.config_files())
         summary["seconds"] = round(time.perf_counter() - start, 2)
+        data_info = {"calibration": _describe(data, vision),
+                     "evaluation": _describe(eval_data, vision),
+                     f"calibration_{unit}": len(calib_inputs),
+                     f"evaluation_{unit}": len(eval_inputs)}
+        if vision:
+            data_info["image_size"] = list(eval_inputs.pixel_values.shape[-2:])
+        else:
+            data_info["seq_len"] = seq_len
         report = {**summary, "result": result.to_dict(), "environment": environment(),
-                  "fine_tune": fine_tune,
-                  "data": {"calibration": _describe(data), "evaluation": _describe(eval_data),
-                           "calibration_passages": len(calib_tokens),
-                           "evaluation_passages": len(eval_tokens), "seq_len": seq_len}}
+                  "fine_tune": fine_tune, "data": data_info}
         from .report import write_report
 
         write_report(tmp, report, result, plots=plots)
@@ -167,9 +209,80 @@ def describe_config(config: CompressionConfig) -> str:
     """``svdllm (alloc=sensitivity, embeddings=True)``: the method and its non-default fields."""
     defaults = type(config)()
     changed = [f"{f.name}={getattr(config, f.name)}" for f in dataclasses.fields(config)
-               if f.name not in ("keep", "seed")
+               if f.name not in ("keep", "seed", "keeps")
                and getattr(config, f.name) != getattr(defaults, f.name)]
     return f"{config.method} ({', '.join(changed)})" if changed else config.method
+
+
+def _select(loaded: LoadedModel, config: CompressionConfig) -> None:
+    """Check that ``config`` selects some module of the loaded model (one-line error if not)."""
+    select = getattr(config, "select_modules", None)
+    try:
+        if callable(select):
+            select(loaded.model)
+        else:
+            select_linears(loaded.model, config.targets, config.ignore)
+    except TargetError as exc:
+        if loaded.kind != "vision" or callable(select):
+            raise
+        raise TargetError(f"{exc}; '{loaded.name}' is a vision model: use --method conv to "
+                          "factorize its convolutions") from exc
+
+
+def _check_vision_job(config: CompressionConfig, name: str | None, finetune_steps: int) -> None:
+    """Vision models calibrate on images: refuse what needs text, in one line."""
+    if finetune_steps:
+        raise ConfigError(f"finetune_steps={finetune_steps}: recovery fine-tuning distils on "
+                          f"text and is not available for the vision model '{name}'; use 0")
+    if hasattr(config, "select_modules"):  # methods on convolutions, data-free
+        return
+    from .registry import get_allocator
+
+    probe = hasattr(config, "alloc") and getattr(get_allocator(config.alloc), "needs_probe",
+                                                 False)
+    if config.requires_data or config.refines or probe:
+        what = f"method '{config.method}'" if config.requires_data or config.refines \
+            else f"allocator '{config.alloc}'"
+        raise ConfigError(f"{what} calibrates on text, but '{name}' is a vision model: use "
+                          "--method conv (its convolutions) or a method that needs no "
+                          "calibration data, such as svd, on its Linear layers")
+
+
+def _vision_inputs(loaded: LoadedModel, data: Any, eval_data: Any, samples: int
+                   ) -> tuple[Images, Images]:
+    """Calibration (at most ``samples``) and held-out images prepared for the model: the
+    embedded digits' two parts, or the user's directory with every fifth image held out."""
+    raw_calib = read_images(data, "calibration")
+    if eval_data is not None:
+        raw_eval = read_images(eval_data, "evaluation")
+    elif data is None or data == "default":
+        raw_eval = read_images(None, "evaluation")
+    else:
+        raw_eval = raw_calib[::5] if len(raw_calib) >= 5 else raw_calib
+        raw_calib = [x for i, x in enumerate(raw_calib) if i % 5] or raw_calib
+    raw_calib = raw_calib[:samples] if samples else raw_calib
+    return _prepare(loaded, raw_calib), _prepare(loaded, raw_eval)
+
+
+def _prepare(loaded: LoadedModel, raw: list) -> Images:
+    config = loaded.model.config
+    device = next(loaded.model.parameters()).device
+    images = prepare_images(raw, image_size(config), int(config.num_channels), loaded.processor)
+    return Images(images.pixel_values.to(device))
+
+
+def _allocate_conv_keeps(loaded: LoadedModel, config: CompressionConfig, images: Images,
+                         log: StageLog) -> CompressionConfig:
+    """Per-convolution keeps within ``config.keep`` from measured output errors."""
+    from .compress.conv import allocate_conv_keeps, keep_grid
+
+    n = min(len(images), CONV_ALLOC_IMAGES)
+    log(f"allocating per-convolution keeps from output errors on {n} calibration images")
+    keeps = allocate_conv_keeps(loaded.model, images.pixel_values[:n], config.keep,
+                                config.decomposition, targets=config.targets,
+                                ignore=config.ignore, grid=keep_grid(config.keep),
+                                seed=config.seed)
+    return dataclasses.replace(config, keeps=keeps)
 
 
 def _table_compressible(model: torch.nn.Module) -> bool:
@@ -198,9 +311,10 @@ def _recover(loaded: LoadedModel, original: torch.nn.Module, texts: list[str], s
     return report.to_dict()
 
 
-def _describe(source: TextSource) -> str:
+def _describe(source: TextSource, vision: bool = False) -> str:
     if source is None:
-        return "embedded default (pydoc_data.topics)"
+        return "embedded default (scikit-learn digits)" if vision \
+            else "embedded default (pydoc_data.topics)"
     if isinstance(source, (str, os.PathLike)):
         return str(source)
     return f"{len(source)} strings"
@@ -239,14 +353,21 @@ def eval_job(
     seq_len: int = 128,
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate a model or a ``lowrank`` directory on held-out text.
+    """Evaluate a model or a ``lowrank`` directory on held-out text (images for vision models:
+    ``data`` is then a directory of PNG/JPEG files, default the held-out digits).
 
     For a compressed directory the base model named in its manifest is the reference
-    (embedding cosine / neighbour overlap for encoders, perplexity for causal LMs).
+    (embedding cosine / neighbour overlap for encoders and pooled outputs of vision models,
+    perplexity for causal LMs).
     """
     log = StageLog(quiet)
     device = device or default_device()
-    texts = read_texts(data, "evaluation")
+    vision = peek_kind(model_or_dir) == "vision"
+    if vision:
+        if data is not None and data != "default":
+            image_files(data)  # the one-line error before loading anything
+    else:
+        texts = read_texts(data, "evaluation")
     path = Path(model_or_dir) if model_or_dir else None
     is_lowrank = path is not None and path.is_dir() and (
         (path / "lowrank.json").is_file() or not (path / "config.json").is_file())
@@ -261,12 +382,15 @@ def eval_job(
     else:
         loaded = load_model(model_or_dir, device=device)
         compressed = None
-    tokens = tokenize(texts, loaded.tokenizer, seq_len)
-    evaluator = Evaluator(loaded.kind, tokens)
-    log(f"evaluating on {len(tokens)} passages")
+    if loaded.kind == "vision":
+        inputs, unit = _prepare(loaded, read_images(data, "evaluation")), "images"
+    else:
+        inputs, unit = tokenize(texts, loaded.tokenizer, seq_len), "passages"
+    evaluator = Evaluator(loaded.kind, inputs)
+    log(f"evaluating on {len(inputs)} {unit}")
     reference = evaluator.reference(loaded.model)
     out = {"model": str(model_or_dir or DEFAULT_MODEL_NAME), "kind": loaded.kind,
-           "passages": len(tokens), "params": count_parameters(loaded.model),
+           unit: len(inputs), "params": count_parameters(loaded.model),
            "quality": reference}
     if compressed is not None:
         out.update({"base_model": loaded.name, "base_quality": reference,

@@ -75,14 +75,18 @@ def compress(
     model: str | None = MODEL_ARG,
     method: str | None = typer.Option(
         None, help="a registered method (see `lowrank env` or lowrank.method_names()): svd, "
-                   "asvd, fwsvd, svdllm, ...; default: the best measured training-free "
+                   "asvd, fwsvd, svdllm, conv, ...; default: the best measured training-free "
                    "configuration, svdllm with alloc=sensitivity and the embedding table in "
-                   "the budget"),
+                   "the budget (vision models: conv with alloc=output-error at keep 0.5)"),
     keep: float | None = typer.Option(
-        None, help="fraction of targeted parameters kept, in (0, 1] (default 0.8)"),
+        None, help="fraction of targeted parameters kept, in (0, 1] (default: the "
+                   "method's, 0.8 for the SVD family, 0.1 for conv; 0.5 for the default "
+                   "configuration of vision models)"),
     alloc: str | None = typer.Option(
         None, help="rank allocator: uniform (default with --method), sensitivity (default "
-                   "without), sensitivity-sqrt, energy, welore, svdllm-v2"),
+                   "without), sensitivity-sqrt, energy, welore, svdllm-v2; conv: uniform "
+                   "(data-free) or output-error (per-layer keeps measured on the calibration "
+                   "images)"),
     mode: str | None = typer.Option(
         None, help="svdllm: 'original' (default) or 'sequential' (refit block by block on "
                    "inputs from the compressed model)"),
@@ -99,15 +103,18 @@ def compress(
                             "e.g. --set bits=8 --set group_size=64"),
     adapter: str | None = typer.Option(
         None, help="eora: also write the compensation as a PEFT LoRA adapter to this dir"),
-    data: str | None = typer.Option(None, help="calibration text file (default: embedded text)"),
+    data: str | None = typer.Option(
+        None, help="calibration text file, or for vision models a directory of PNG/JPEG images "
+                   "(default: embedded text; scikit-learn's digits for vision models)"),
     eval_data: str | None = typer.Option(
-        None, help="held-out evaluation text file, or 'licenses' (out-of-domain text)"),
+        None, help="held-out evaluation text file, or 'licenses' (out-of-domain text); an "
+                   "image directory for vision models"),
     out: str = typer.Option("lowrank-out", help="output directory (written atomically)"),
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default: cuda if available)"),
     targets: list[str] | None = typer.Option(
         None, help="modules to compress: class name, dotted name or re:regex (repeatable)"),
     ignore: list[str] | None = typer.Option(None, help="modules to leave dense (repeatable)"),
-    samples: int = typer.Option(256, help="number of calibration passages"),
+    samples: int = typer.Option(256, help="number of calibration passages (images)"),
     finetune_steps: int = typer.Option(
         0, help="recovery fine-tuning steps (PELA-style distillation of the factors; "
                 "0 = off; results are tagged fine_tuned)"),
@@ -150,7 +157,9 @@ def compress(
 def evaluate(
     model_or_dir: str | None = typer.Argument(
         None, help="model directory, lowrank output directory, or nothing for the default"),
-    data: str | None = typer.Option(None, help="evaluation text file (default: held-out text)"),
+    data: str | None = typer.Option(
+        None, help="evaluation text file, or image directory for vision models (default: "
+                   "held-out text / digits)"),
     device: str | None = typer.Option(None, help="cpu, cuda, ..."),
     seq_len: int = typer.Option(128, help="tokens per passage"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object to stdout"),
@@ -162,7 +171,8 @@ def evaluate(
     result = eval_job(model_or_dir, data=data, device=device, seq_len=seq_len, quiet=quiet)
 
     def human(r: dict) -> None:
-        rows = [("model", r["model"]), ("kind", r["kind"]), ("passages", str(r["passages"])),
+        unit = "images" if "images" in r else "passages"
+        rows = [("model", r["model"]), ("kind", r["kind"]), (unit, str(r[unit])),
                 ("parameters", f"{r['params']:,}"), ("quality", _q(r["quality"]))]
         if "base_quality" in r:
             rows.append(("base quality", _q(r["base_quality"])))

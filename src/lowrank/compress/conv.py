@@ -20,12 +20,13 @@ import torch
 from torch import nn
 
 from ..calib.stats import CalibrationStats
-from ..errors import ConfigError, TargetError
+from ..errors import ConfigError, DataError, TargetError
 from ..registry import register_method
 from .base import CompressionConfig, MethodOutcome, replace_module
 from .result import ModuleReport
 
 DECOMPOSITIONS = ("tucker2", "cp")
+CONV_ALLOCATORS = ("uniform", "output-error")
 
 
 def select_convs(model: nn.Module, targets: list[str] | None, ignore: list[str] | None
@@ -61,7 +62,8 @@ def select_convs(model: nn.Module, targets: list[str] | None, ignore: list[str] 
 @register_method
 @dataclass
 class ConvFactorize(CompressionConfig):
-    """Tucker-2 or CP factorization of each convolution kernel at a uniform ``keep``.
+    """Tucker-2 or CP factorization of each convolution kernel at a uniform ``keep``, or at
+    per-layer ``keeps`` (``alloc="output-error"``: from :func:`allocate_conv_keeps`).
 
     ``targets``/``ignore`` select convolutions (default: every plain Conv2d with a kernel
     larger than 1x1); linear layers are untouched.
@@ -74,6 +76,14 @@ class ConvFactorize(CompressionConfig):
     decomposition: str = field(default="tucker2", metadata={
         "help": "'tucker2' (1x1 -> k x k core -> 1x1, Kim et al. 2016) or 'cp' (1x1 -> "
                 "k x 1 -> 1 x k -> 1x1 one-way filters, Lebedev et al. 2015)"})
+    alloc: str = field(default="uniform", metadata={
+        "help": "'uniform' (every convolution at keep, data-free) or 'output-error' (per-layer "
+                "keeps within the same budget from measured output errors on calibration "
+                "images: the CLI measures them on its images; in Python pass "
+                "keeps=allocate_conv_keeps(model, images, keep))"})
+    keeps: dict[str, float] | None = field(default=None, metadata={
+        "help": "per-convolution keeps by module name (allocate_conv_keeps); convolutions not "
+                "named use keep"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -85,32 +95,58 @@ class ConvFactorize(CompressionConfig):
         if self.decomposition not in DECOMPOSITIONS:
             raise ConfigError(f"decomposition must be one of {', '.join(DECOMPOSITIONS)}, got "
                               f"{self.decomposition!r}")
+        if self.alloc not in CONV_ALLOCATORS:
+            raise ConfigError(f"the 'conv' method allocates with one of "
+                              f"{', '.join(CONV_ALLOCATORS)}, got alloc={self.alloc!r}")
+        if self.keeps is not None:
+            bad = self.keeps if not isinstance(self.keeps, dict) else {
+                n: k for n, k in self.keeps.items() if isinstance(k, bool)
+                or not isinstance(k, (int, float)) or not 0 < k <= 1}
+            if bad:
+                raise ConfigError(f"keeps must map module names to keeps in (0, 1], got "
+                                  f"{bad!r}")
+            self.keeps = {str(n): float(k) for n, k in self.keeps.items()}
 
-    def factorize_conv(self, conv: nn.Conv2d) -> nn.Module:
-        from ..nn.cp_conv import CPConv2d
-        from ..nn.tucker_conv import Tucker2Conv2d
-
-        if self.decomposition == "tucker2":
-            return Tucker2Conv2d.from_conv(conv, keep=self.keep)
-        return CPConv2d.from_conv(conv, keep=self.keep, random_state=self.seed)
-
-    def apply(self, model: nn.Module, modules: dict[str, nn.Module],
-              stats: CalibrationStats | None) -> MethodOutcome:
+    def select_modules(self, model: nn.Module) -> dict[str, nn.Conv2d]:
+        """The convolutions this config factorizes (what :func:`lowrank.compress` targets)."""
         convs = select_convs(model, self.targets, self.ignore)
         if not convs:
             raise TargetError("no plain Conv2d layer (groups 1, kernel larger than 1x1) was "
                               "selected: the 'conv' method compresses convolutions")
+        return convs
+
+    def factorize_conv(self, conv: nn.Conv2d, keep: float | None = None) -> nn.Module:
+        from ..nn.cp_conv import CPConv2d
+        from ..nn.tucker_conv import Tucker2Conv2d
+
+        keep = self.keep if keep is None else keep
+        if self.decomposition == "tucker2":
+            return Tucker2Conv2d.from_conv(conv, keep=keep)
+        return CPConv2d.from_conv(conv, keep=keep, random_state=self.seed)
+
+    def apply(self, model: nn.Module, modules: dict[str, nn.Module],
+              stats: CalibrationStats | None) -> MethodOutcome:
+        convs = self.select_modules(model)
+        keeps = self.keeps or {}
+        if self.alloc == "output-error" and not keeps:
+            raise DataError("alloc='output-error' measures each convolution's output error on "
+                            "calibration images: pass keeps=allocate_conv_keeps(model, images, "
+                            "keep) (the CLI does this with its images)")
+        unknown = sorted(set(keeps) - set(convs))
+        if unknown:
+            raise TargetError(f"keeps name modules that are not selected convolutions: "
+                              f"{', '.join(unknown[:3])}")
         reports, before, after = [], 0, 0
         for name, conv in convs.items():
             dense = conv.weight.numel()
-            new = self.factorize_conv(conv)
+            new = self.factorize_conv(conv, keeps.get(name))
             kernel_params = sum(p.numel() for n, p in new.named_parameters()
                                 if not n.endswith("bias"))
             weight = conv.weight.detach().double()
             approx = new.weight_product().detach().double()
             err = float((weight - approx).norm() / weight.norm().clamp_min(1e-300))
             rank = getattr(new, "rank", None) or getattr(new, "rank_out", None)
-            notes = {"decomposition": self.decomposition}
+            notes = {"decomposition": self.decomposition, "keep": keeps.get(name, self.keep)}
             if hasattr(new, "rank_in"):
                 notes["ranks"] = [new.rank_in, new.rank_out]
             if kernel_params >= dense:
@@ -125,11 +161,21 @@ class ConvFactorize(CompressionConfig):
                 rel_weight_error=err, energy_kept=max(0.0, 1.0 - err ** 2), notes=notes))
             before += dense
             after += kernel_params
-        return MethodOutcome(reports, {"allocator": "uniform", "keep": self.keep}, self.keep,
-                             before, after)
+        allocation = {"allocator": self.alloc, "keep": self.keep}
+        if keeps:
+            allocation["keeps"] = dict(keeps)
+        return MethodOutcome(reports, allocation, self.keep, before, after)
 
 
 DEFAULT_KEEP_GRID = (0.02, 0.03, 0.05, 0.07, 0.1, 0.13, 0.16, 0.2, 0.25, 0.3)
+
+
+def keep_grid(keep: float) -> tuple[float, ...]:
+    """Candidate per-layer keeps around a budget ``keep``: from ``keep / 4`` to ``3 keep`` in
+    ten steps, clipped to (0, 1] (the default grid stops at 0.3, too low for larger keeps)."""
+    factors = (0.25, 0.4, 0.55, 0.7, 0.85, 1.0, 1.25, 1.6, 2.2, 3.0)
+    grid = {min(1.0, round(keep * f, 6)) for f in factors}
+    return tuple(sorted(g for g in grid if g > 0))
 
 
 def allocate_conv_keeps(model: nn.Module, inputs: torch.Tensor, keep: float,
@@ -143,9 +189,9 @@ def allocate_conv_keeps(model: nn.Module, inputs: torch.Tensor, keep: float,
     For every selected convolution and every keep in ``grid`` the kernel is factorized and
     the relative output error ``||conv(x) - conv_hat(x)|| / ||conv(x)||`` is measured on the
     layer's inputs ``x`` recorded while ``model`` runs on ``inputs``. Starting from the
-    smallest keep everywhere, the layer whose next keep lowers the summed squared error most
-    per added parameter is upgraded while the budget allows. Apply the result with
-    :func:`factorize_convs`.
+    smallest keep everywhere, the layer whose move to a larger keep of the grid lowers the
+    summed squared error most per added parameter is upgraded while the budget allows. Apply
+    the result with :func:`factorize_convs`.
     """
     if decomposition not in DECOMPOSITIONS:
         raise ConfigError(f"decomposition must be one of {', '.join(DECOMPOSITIONS)}, got "
@@ -200,20 +246,23 @@ def allocate_conv_keeps(model: nn.Module, inputs: torch.Tensor, keep: float,
         raise ConfigError(f"keep={keep} is below what the smallest grid keep {grid[0]} needs "
                           f"({used} of {dense_total} kernel parameters): extend grid downwards")
     while True:
+        # any larger keep of a layer is a candidate, so that keeps with the same ranks (equal
+        # parameters, a plateau) or a non-monotone error do not stop the greedy early
         best, best_gain = None, 0.0
         for n in convs:
-            if level[n] + 1 >= len(options[n]):
-                continue
-            (p0, e0), (p1, e1) = options[n][level[n]], options[n][level[n] + 1]
-            if used - p0 + p1 > budget:
-                continue
-            gain = (e0 - e1) / max(p1 - p0, 1)
-            if gain > best_gain:
-                best, best_gain = n, gain
+            p0, e0 = options[n][level[n]]
+            for j in range(level[n] + 1, len(options[n])):
+                p1, e1 = options[n][j]
+                if used - p0 + p1 > budget:
+                    continue
+                gain = (e0 - e1) / max(p1 - p0, 1)
+                if gain > best_gain:
+                    best, best_gain = (n, j), gain
         if best is None:
             break
-        used += options[best][level[best] + 1][0] - options[best][level[best]][0]
-        level[best] += 1
+        n, j = best
+        used += options[n][j][0] - options[n][level[n]][0]
+        level[n] = j
     return {n: grid[level[n]] for n in convs}
 
 
@@ -234,5 +283,5 @@ def factorize_convs(model: nn.Module, keeps: dict[str, float], decomposition: st
     return out
 
 
-__all__ = ["DECOMPOSITIONS", "DEFAULT_KEEP_GRID", "ConvFactorize", "allocate_conv_keeps",
-           "factorize_convs", "select_convs"]
+__all__ = ["CONV_ALLOCATORS", "DECOMPOSITIONS", "DEFAULT_KEEP_GRID", "ConvFactorize",
+           "allocate_conv_keeps", "factorize_convs", "keep_grid", "select_convs"]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ..calib.data import TokenizedText
-from .embedding import embed, embedding_agreement, knn_overlap
+from .embedding import embed, embed_images, embedding_agreement, knn_overlap
 from .latency import forward_latency
 from .perplexity import perplexity
+
+if TYPE_CHECKING:
+    from ..data.images import Images
 
 
 class Evaluator:
@@ -18,18 +21,27 @@ class Evaluator:
 
     For encoders the reference embeddings of the original model are computed once
     (:meth:`reference`); quality is ``cosine`` and ``knn10_overlap`` against them. For causal
-    LMs quality is ``perplexity``. Latency is the median forward time of one fixed batch.
+    LMs quality is ``perplexity``. For vision models (``kind="vision"``, ``tokens`` are
+    :class:`~lowrank.data.images.Images`) the embeddings are the flattened pooled outputs, with
+    the same ``cosine`` and ``knn10_overlap``. Latency is the median forward time of one fixed
+    batch.
     """
 
-    def __init__(self, kind: str, tokens: TokenizedText, latency_batch: int = 8) -> None:
+    def __init__(self, kind: str, tokens: TokenizedText | Images, latency_batch: int = 8
+                 ) -> None:
         self.kind = kind
         self.tokens = tokens
         self.latency_batch = next(tokens.batches(latency_batch))
         self.reference_embeddings: torch.Tensor | None = None
 
+    def _embed(self, model: nn.Module) -> torch.Tensor:
+        if self.kind == "vision":
+            return embed_images(model, self.tokens)
+        return embed(model, self.tokens)
+
     def reference(self, model: nn.Module) -> dict[str, Any]:
-        if self.kind == "encoder":
-            self.reference_embeddings = embed(model, self.tokens)
+        if self.kind in ("encoder", "vision"):
+            self.reference_embeddings = self._embed(model)
         return self.measure(model)
 
     def measure(self, model: nn.Module, latency: bool = True) -> dict[str, Any]:
@@ -38,7 +50,7 @@ class Evaluator:
         else:
             if self.reference_embeddings is None:
                 raise RuntimeError("call reference(original_model) before measure()")
-            quality = embedding_agreement(self.reference_embeddings, embed(model, self.tokens))
+            quality = embedding_agreement(self.reference_embeddings, self._embed(model))
         if latency:
             quality["latency_s"] = forward_latency(model, self.latency_batch)
         return quality
@@ -47,6 +59,7 @@ class Evaluator:
 __all__ = [
     "Evaluator",
     "embed",
+    "embed_images",
     "embedding_agreement",
     "forward_latency",
     "knn_overlap",
