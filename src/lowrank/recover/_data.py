@@ -148,15 +148,19 @@ def observe(M: Any, mask: Any = None, *, dtype: torch.dtype = torch.float64,
         if mask is not None:
             raise DataError("a sparse matrix lists its observed entries itself; pass "
                             "mask=None (got a mask too)")
-        coo = M.tocoo(copy=True)
-        coo.sum_duplicates()
-        if coo.ndim != 2:
-            raise DataError(f"expected a 2-D matrix, got {coo.ndim} dimensions")
-        shape = (int(coo.shape[0]), int(coo.shape[1]))
+        if M.ndim != 2:
+            raise DataError(f"expected a 2-D matrix, got {M.ndim} dimensions")
+        # through CSR: summing duplicates sorts within each row (linear in practice), where
+        # COO's sum_duplicates sorts all entries at once; same row-major entries either way
+        csr = M.tocsr(copy=True)
+        csr.sum_duplicates()
+        shape = (int(csr.shape[0]), int(csr.shape[1]))
         dev = torch.device(device) if device is not None else torch.device("cpu")
-        rows = torch.from_numpy(coo.row.astype(np.int64)).to(dev)
-        cols = torch.from_numpy(coo.col.astype(np.int64)).to(dev)
-        vals = torch.from_numpy(np.array(coo.data)).to(dev, dtype)
+        row_counts = np.diff(csr.indptr).astype(np.int64)
+        rows = torch.from_numpy(np.repeat(np.arange(shape[0], dtype=np.int64), row_counts))
+        rows = rows.to(dev)
+        cols = torch.from_numpy(csr.indices.astype(np.int64)).to(dev)
+        vals = torch.from_numpy(np.array(csr.data)).to(dev, dtype)
     elif isinstance(M, torch.Tensor) and M.layout != torch.strided:
         if mask is not None:
             raise DataError("a sparse tensor lists its observed entries itself; pass "

@@ -14,7 +14,10 @@ alternating minimisation:
    normal matrix through the observed entries (``u -> sum_j v_j <v_j, u>``), so one step costs
    ``O(|Omega| k)`` and no ``k x k`` matrix is ever formed. The errors of the inexact solves do
    not accumulate (the paper's perturbation argument), which the tests check against the exact
-   solution.
+   solution. On CPU the observed entries are held as CSR matrices (one sorted by row, one by
+   column) and each CG step is one sampled dense-dense product (``w_e = <u_i, v_j>``) and one
+   sparse-dense product, streaming through the entries with only ``k``-wide factors in cache,
+   so the time per entry stays flat as |Omega| grows.
 
 Before each half-step the fixed factor is re-orthonormalised by QR (the product is unchanged),
 which keeps the normal equations well conditioned, so three CG steps per half-step suffice.
@@ -23,6 +26,7 @@ which keeps the normal equations well conditioned, so three CG steps per half-st
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,11 +60,90 @@ class Recovery:
         return self.left @ self.right.T
 
 
-def _spmm(obs_rows: torch.Tensor, obs_cols: torch.Tensor, vals: torch.Tensor,
-          B: torch.Tensor, n_out: int) -> torch.Tensor:
-    """``S @ B`` for the sparse ``S`` with entries ``vals`` at ``(obs_rows, obs_cols)``."""
-    out = torch.zeros(n_out, B.shape[1], dtype=B.dtype, device=B.device)
-    return out.index_add_(0, obs_rows, vals[:, None] * B[obs_cols])
+# Device types on which the observed entries are held as a CSR matrix and applied through
+# torch's sparse kernels (MKL on CPU). Each kernel streams once through the entries of one row
+# with the small dense factor in cache, so a sweep costs time linear in |Omega|. Elsewhere (and
+# when this is emptied, as the tests do) the same products run as gathers and ``index_add_``
+# over all entries at once, which materialises |Omega| x k temporaries: fine on a GPU, but on a
+# CPU their cost per entry rises once they outgrow the cache.
+_CSR_DEVICES: tuple[str, ...] = ("cpu",)
+
+
+@dataclass
+class _Entries:
+    """Observed entries of a ``t x s`` matrix sorted by (target row, other index).
+
+    ``order`` maps the sorted entries back to the caller's order; ``crow`` are the CSR row
+    pointers (``None`` when the device computes with gathers instead).
+    """
+
+    order: torch.Tensor
+    target: torch.Tensor
+    other: torch.Tensor
+    crow: torch.Tensor | None
+    shape: tuple[int, int]
+    _ones: dict[torch.dtype, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def sort(cls, target: torch.Tensor, other: torch.Tensor, shape: tuple[int, int]
+             ) -> _Entries:
+        t, s = shape
+        key = target * s + other
+        if bool((key[1:] >= key[:-1]).all()):  # already in order (dense and scipy inputs)
+            order = torch.arange(key.numel(), device=key.device)
+        else:
+            order = torch.argsort(key)
+        tg, ot = target[order], other[order]
+        crow = None
+        if tg.device.type in _CSR_DEVICES:
+            counts = torch.bincount(tg, minlength=t)
+            crow = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+        return cls(order, tg, ot, crow, shape)
+
+    def ones(self, dtype: torch.dtype) -> torch.Tensor:
+        """A one per entry (the sparsity pattern as values), cached per dtype."""
+        if dtype not in self._ones:
+            self._ones[dtype] = torch.ones(self.other.shape, dtype=dtype,
+                                           device=self.other.device)
+        return self._ones[dtype]
+
+    def csr(self, values: torch.Tensor) -> torch.Tensor:
+        """The sparse ``t x s`` matrix with ``values`` (sorted order) at these entries."""
+        with warnings.catch_warnings():  # torch flags its CSR layout as beta, once a process
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(self.crow, self.other, values, size=self.shape,
+                                           check_invariants=False)
+
+    def spmm(self, values: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+        """``S @ B`` for the sparse ``S`` holding ``values`` at these entries."""
+        if self.crow is not None:
+            return self.csr(values) @ B
+        out = torch.zeros(self.shape[0], B.shape[1], dtype=B.dtype, device=B.device)
+        return out.index_add_(0, self.target, values[:, None] * B[self.other])
+
+    def sddmm(self, Y: torch.Tensor, F: torch.Tensor) -> torch.Tensor:
+        """``<Y[target_e], F[other_e]>`` for every entry ``e`` (sorted order)."""
+        if self.crow is not None:
+            pattern = self.csr(self.ones(Y.dtype))
+            return torch.sparse.sampled_addmm(pattern, Y, F.T, beta=0.0).values()
+        return torch.einsum("ij,ij->i", Y[self.target], F[self.other])
+
+
+def _range_finder(by_row: _Entries, by_col: _Entries, v_row: torch.Tensor,
+                  v_col: torch.Tensor, k: int, gen: torch.Generator, n_iter: int = 4,
+                  oversample: int = 10) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`sparse_range_finder` on entries already sorted both ways (values ``v_row``,
+    ``v_col`` in those orders)."""
+    m, n = by_row.shape
+    ell = min(k + oversample, m, n)
+    omega = torch.randn(n, ell, generator=gen, dtype=v_row.dtype, device=v_row.device)
+    Q = torch.linalg.qr(by_row.spmm(v_row, omega))[0]
+    for _ in range(n_iter):
+        Z = torch.linalg.qr(by_col.spmm(v_col, Q))[0]
+        Q = torch.linalg.qr(by_row.spmm(v_row, Z))[0]
+    Bt = by_col.spmm(v_col, Q)  # (S^T Q) = B^T, n x ell
+    W, s, Zt = torch.linalg.svd(Bt.T, full_matrices=False)
+    return Q @ W[:, :k], s[:k], Zt[:k].T
 
 
 def sparse_range_finder(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor,
@@ -73,34 +156,29 @@ def sparse_range_finder(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tens
     Returns ``U (m x k)``, ``s (k)``, ``V (n x k)``.
     """
     m, n = shape
-    ell = min(k + oversample, m, n)
-    omega = torch.randn(n, ell, generator=gen, dtype=vals.dtype, device=vals.device)
-    Q = torch.linalg.qr(_spmm(rows, cols, vals, omega, m))[0]
-    for _ in range(n_iter):
-        Z = torch.linalg.qr(_spmm(cols, rows, vals, Q, n))[0]
-        Q = torch.linalg.qr(_spmm(rows, cols, vals, Z, m))[0]
-    Bt = _spmm(cols, rows, vals, Q, n)  # (S^T Q) = B^T, n x ell
-    W, s, Zt = torch.linalg.svd(Bt.T, full_matrices=False)
-    return Q @ W[:, :k], s[:k], Zt[:k].T
+    by_row = _Entries.sort(rows, cols, (m, n))
+    by_col = _Entries.sort(cols, rows, (n, m))
+    return _range_finder(by_row, by_col, vals[by_row.order], vals[by_col.order], k, gen,
+                         n_iter, oversample)
 
 
-def _batched_cg(target: torch.Tensor, other_g: torch.Tensor, vals: torch.Tensor,
-                X: torch.Tensor, steps: int, ridge: torch.Tensor) -> torch.Tensor:
+def _batched_cg(E: _Entries, fixed: torch.Tensor, vals: torch.Tensor, X: torch.Tensor,
+                steps: int, gram_diag: torch.Tensor, ridge: torch.Tensor) -> torch.Tensor:
     """Approximately solve every row's normal equation, warm-started at ``X``.
 
-    Row ``i`` solves ``(sum_e other_e other_e^T + ridge) x_i = sum_e vals_e other_e`` over the
-    observed entries ``e`` with ``target[e] == i``; ``other_g`` is the fixed factor gathered at
-    those entries (``|Omega| x k``). Jacobi-preconditioned CG, ``steps`` iterations, all rows in
-    parallel; each iteration costs ``O(|Omega| k)``.
+    Row ``i`` solves ``(sum_e f_e f_e^T + ridge) x_i = sum_e vals_e f_e`` with ``f_e`` the row
+    ``other[e]`` of the fixed factor, over the observed entries ``e`` with ``target[e] == i``;
+    ``gram_diag`` is the diagonal of those Grams. Jacobi-preconditioned CG, ``steps``
+    iterations, all rows in parallel; the normal matrix is applied as ``S_w @ fixed`` with
+    ``w_e = <y_i, f_e>`` (one sampled product and one sparse product), so each iteration costs
+    ``O(|Omega| k)``.
     """
-    t, _ = X.shape
 
     def apply(Y: torch.Tensor) -> torch.Tensor:
-        pe = torch.einsum("ij,ij->i", Y[target], other_g)[:, None]
-        return torch.zeros_like(Y).index_add_(0, target, pe * other_g) + ridge * Y
+        return E.spmm(E.sddmm(Y, fixed), fixed) + ridge * Y
 
-    b = torch.zeros_like(X).index_add_(0, target, vals[:, None] * other_g)
-    diag = torch.zeros_like(X).index_add_(0, target, other_g * other_g) + ridge
+    b = E.spmm(vals, fixed)
+    diag = gram_diag + ridge
     r = b - apply(X)
     z = r / diag
     p = z
@@ -120,17 +198,19 @@ def _batched_cg(target: torch.Tensor, other_g: torch.Tensor, vals: torch.Tensor,
     return X
 
 
-def _exact_rows(target: torch.Tensor, other_g: torch.Tensor, vals: torch.Tensor, t: int,
+def _exact_rows(E: _Entries, fixed: torch.Tensor, vals: torch.Tensor,
                 ridge: torch.Tensor) -> torch.Tensor:
-    """Exact row solves through batched ``k x k`` Gram matrices (reference for the CG path)."""
-    k = other_g.shape[1]
-    outer = (other_g[:, :, None] * other_g[:, None, :]).reshape(-1, k * k)
-    gram = torch.zeros(t, k * k, dtype=vals.dtype, device=vals.device)
-    gram = gram.index_add_(0, target, outer).reshape(t, k, k)
+    """Exact row solves through batched ``k x k`` Gram matrices (reference for the CG path).
+
+    The Grams are one sparse product with the ``s x k^2`` outer products of the fixed factor's
+    rows: memory ``t k^2`` with the CSR kernels (``|Omega| k^2`` on the gather path).
+    """
+    t = E.shape[0]
+    k = fixed.shape[1]
+    outer = (fixed[:, :, None] * fixed[:, None, :]).reshape(-1, k * k)
+    gram = E.spmm(E.ones(vals.dtype), outer).reshape(t, k, k)
     gram = gram + torch.diag_embed(ridge.expand(t, k))
-    b = torch.zeros(t, k, dtype=vals.dtype, device=vals.device)
-    b = b.index_add_(0, target, vals[:, None] * other_g)
-    return torch.linalg.solve(gram, b)
+    return torch.linalg.solve(gram, E.spmm(vals, fixed))
 
 
 def _trim(U: torch.Tensor, factor: float) -> torch.Tensor:
@@ -150,7 +230,7 @@ def altmin(obs: Observed, rank: int, *, max_iter: int = 100, tol: float = 1e-10,
 
     ``history[t]`` is the relative observed residual ``||P_Omega(U V^T - M)|| / ||P_Omega M||``
     after iteration ``t``. ``cg_steps=None`` solves each row exactly (batched Cholesky-free
-    ``solve`` on ``k x k`` Grams, memory ``|Omega| k^2``).
+    ``solve`` on ``k x k`` Grams, memory ``(m + n) k^2`` on CPU).
     """
     m, n = obs.shape
     k = rank
@@ -160,27 +240,27 @@ def altmin(obs: Observed, rank: int, *, max_iter: int = 100, tol: float = 1e-10,
     if vnorm == 0:
         zero = torch.zeros(m, k, dtype=vals.dtype, device=vals.device)
         return zero, torch.zeros(n, k, dtype=vals.dtype, device=vals.device), [0.0], True
-    # entries sorted by row (for U solves) and by column (for V solves): better locality
-    by_row = torch.argsort(rows * n + cols)
-    by_col = torch.argsort(cols * m + rows)
-    r_row, c_row, v_row = rows[by_row], cols[by_row], vals[by_row]
-    r_col, c_col, v_col = rows[by_col], cols[by_col], vals[by_col]
+    # entries sorted by row (for U solves and the residual) and by column (for V solves)
+    by_row = _Entries.sort(rows, cols, (m, n))
+    by_col = _Entries.sort(cols, rows, (n, m))
+    v_row, v_col = vals[by_row.order], vals[by_col.order]
 
-    U0, s0, V0 = sparse_range_finder(rows, cols, vals / obs.fraction, (m, n), k, gen)
+    U0, s0, V0 = _range_finder(by_row, by_col, v_row / obs.fraction, v_col / obs.fraction,
+                               k, gen)
     if trim is not None:
         U0 = torch.linalg.qr(_trim(U0, trim))[0]
     U, V = U0, V0 * s0
     base_ridge = float(reg)
 
-    def half(fixed: torch.Tensor, free: torch.Tensor, target: torch.Tensor,
-             other: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        other_g = fixed[other]
-        diag_mean = (other_g * other_g).sum() / max(free.shape[0], 1)
+    def half(fixed: torch.Tensor, free: torch.Tensor, E: _Entries,
+             v: torch.Tensor) -> torch.Tensor:
+        gram_diag = E.spmm(E.ones(v.dtype), fixed * fixed)
+        diag_mean = gram_diag.sum() / max(free.shape[0], 1)
         ridge = torch.as_tensor((base_ridge + 1e-12) * float(diag_mean) / k + 1e-300,
                                 dtype=v.dtype, device=v.device)
         if cg_steps is None:
-            return _exact_rows(target, other_g, v, free.shape[0], ridge)
-        return _batched_cg(target, other_g, v, free, cg_steps, ridge)
+            return _exact_rows(E, fixed, v, ridge)
+        return _batched_cg(E, fixed, v, free, cg_steps, gram_diag, ridge)
 
     history: list[float] = []
     converged = False
@@ -189,13 +269,12 @@ def altmin(obs: Observed, rank: int, *, max_iter: int = 100, tol: float = 1e-10,
         # V-step with U orthonormal (warm start: V R^T keeps the product)
         Q, R = torch.linalg.qr(U)
         U, V = Q, V @ R.T
-        V = half(U, V, c_col, r_col, v_col)
+        V = half(U, V, by_col, v_col)
         # U-step with V orthonormal
         Q, R = torch.linalg.qr(V)
         V, U = Q, U @ R.T
-        U = half(V, U, r_row, c_row, v_row)
-        pred = torch.einsum("ij,ij->i", U[rows], V[cols])
-        res = float((pred - vals).norm() / vnorm)
+        U = half(V, U, by_row, v_row)
+        res = float((by_row.sddmm(U, V) - v_row).norm() / vnorm)
         history.append(res)
         if callback is not None:
             callback(it, U, V)
