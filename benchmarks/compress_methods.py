@@ -16,7 +16,9 @@ refit stage or the sensitivity allocator also get the calibration passages. ``de
 what ``lowrank compress`` runs without ``--method`` (``lowrank.workflow.DEFAULT_METHOD`` and
 ``DEFAULT_OPTIONS``). Methods: registry names, ``name+field`` (boolean) or
 ``name+field=value`` (JSON value), e.g. ``svdllm+alloc=sensitivity``, ``svdllm+mode=sequential``.
-Parameters and bytes are whole-model counts after compression.
+A method given its own budget (``lr2vq+bits=2``: bits per weight) runs without ``keep`` and
+reports keep "-". Parameters and bytes are whole-model counts after compression.
+``--combine a.json b.json ...`` renders the rows of earlier runs into one table at ``--out``.
 """
 
 from __future__ import annotations
@@ -65,7 +67,22 @@ def main() -> None:
     parser.add_argument("--keeps", nargs="+", type=float, default=[0.8, 0.6, 0.4])
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--out", default=str(RESULTS / "compress_methods"))
+    parser.add_argument("--combine", nargs="+", default=None, metavar="JSON",
+                        help="render the rows of these result files into one table at --out "
+                             "(nothing is run)")
+    parser.add_argument("--note", action="append", default=[],
+                        help="a sentence added to the table's notes (repeatable)")
     args = parser.parse_args()
+    if args.combine:
+        rows, notes = [], []
+        for path in args.combine:
+            data = json.loads(Path(path).read_text())
+            rows += data["rows"]
+            notes += [n for n in data["notes"] if n not in notes]
+        notes += args.note
+        write_results(args.out, {"rows": rows, "notes": notes, "combined": args.combine},
+                      render(rows, notes))
+        return
 
     rows, notes = [], []
     for model_name in args.models:
@@ -128,7 +145,10 @@ def _config(method: str, keep: float, model) -> lr.CompressionConfig:
             options["embeddings"] = False
         return make_config(DEFAULT_METHOD, keep=keep, **options)
     name, *flags = method.split("+")
-    return make_config(name, keep=keep, **dict(_field(flag) for flag in flags))
+    fields = dict(_field(flag) for flag in flags)
+    if "bits" in fields:  # a method with its own budget (lr2vq+bits=2): no keep
+        return make_config(name, **fields)
+    return make_config(name, keep=keep, **fields)
 
 
 def _run(setup: Setup, method: str, keep: float, stats) -> dict:
@@ -145,7 +165,7 @@ def _run(setup: Setup, method: str, keep: float, stats) -> dict:
     metric = "cosine" if setup.loaded.kind == "encoder" else "perplexity"
     row = {
         "model": setup.name, "method": method, "configuration": describe_config(config),
-        "keep_target": keep, "keep_actual": result.keep_actual,
+        "keep_target": getattr(config, "keep", keep), "keep_actual": result.keep_actual,
         "params_before": setup.params, "params_after": result.params_after,
         "bytes_before": setup.bytes, "bytes_after": result.bytes_after,
         "metric": metric, "quality": quality[metric], "quality_other": other[metric],
@@ -191,8 +211,9 @@ def render(rows: list[dict], notes: list[str]) -> str:
             f"{_loss(r, False) / max(_loss(ref, False), 1e-12):.2f}x / "
             f"{_loss(r, True) / max(_loss(ref, True), 1e-12):.2f}x")
         unit = "cos" if r["metric"] == "cosine" else "ppl"
+        keep = "-" if r["keep_target"] is None else r["keep_target"]
         lines.append(
-            f"| {r['model']} | {r['method']} | {r['keep_target']} | {r['keep_actual']:.4f} | "
+            f"| {r['model']} | {r['method']} | {keep} | {r['keep_actual']:.4f} | "
             f"{r['params_after'] / 1e6:.2f}M ({r['params_after'] / r['params_before']:.3f}) | "
             f"{r['bytes_after'] / 2**20:.1f} MiB | {unit} {r['quality']:.4f} | "
             f"{unit} {r['quality_other']:.4f} | {ratio} | {r['latency_ratio']:.2f} | "
@@ -206,7 +227,7 @@ def render(rows: list[dict], notes: list[str]) -> str:
                  "over the dense model, relative to uniform SVD-LLM at the same keep. keep: of the "
                  "configuration's targeted parameters (the default configuration also "
                  "targets the input-embedding table); params are whole-model. "
-                 + "; ".join(notes) + ".")
+                 + "; ".join(n.rstrip(".") for n in notes) + ".")
     return "\n".join(lines) + "\n"
 
 

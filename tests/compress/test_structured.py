@@ -1,4 +1,4 @@
-"""CoSpaDi, MoDeGPT and LR^2VQ: oracles on synthetic matrices and tiny BERT / Llama models."""
+"""CoSpaDi and MoDeGPT: oracles on synthetic matrices and tiny BERT / Llama models."""
 
 from __future__ import annotations
 
@@ -10,13 +10,11 @@ import torch
 
 import lowrank
 from lowrank.compress.cospadi import CoSpaDi, dictionary_cost, dictionary_shape
-from lowrank.compress.lr2vq import LR2VQ, vq_fit
 from lowrank.compress.modegpt import MoDeGPT, allocate_blocks, find_blocks
 from lowrank.errors import ConfigError, DataError
 from lowrank.linalg import sqrt_gram
 from lowrank.nn.indexed_linear import IndexedLinear
 from lowrank.nn.sparse_dict import SparseDictLinear
-from lowrank.nn.vq_linear import VQLinear
 
 SEQ_LEN = 32
 
@@ -188,6 +186,37 @@ def test_modegpt_mlp_refit_beats_selection_alone(tiny_bert, bert_stats):
     assert rep.rel_output_error < output_error(down0, plain, gram)
 
 
+def test_modegpt_default_ridge_keeps_one_of_a_redundant_loud_pair():
+    """Two nearly collinear loud neurons feed the down projection through large weights.
+    With a tiny ridge every leverage is about ``1 - lam [C^-1]_jj``, lowest for exactly these
+    two (each predicts the other), so both are dropped and their shared signal is lost; with
+    the default ridge (the mean eigenvalue) the pair's direction keeps a high leverage, one
+    of them is kept and the Nystrom refit rebuilds the other."""
+    from lowrank.compress.base import output_error
+    from lowrank.linalg.nystrom import nystrom_correct, ridge_leverage_scores, select_columns
+
+    g = torch.Generator().manual_seed(5)
+    n, d, k = 4000, 32, 24
+    h = torch.randn(n, d, generator=g, dtype=torch.float64)
+    z = torch.randn(n, generator=g, dtype=torch.float64)
+    h[:, 0] = 20 * z + 0.01 * torch.randn(n, generator=g, dtype=torch.float64)
+    h[:, 1] = 20 * z + 0.01 * torch.randn(n, generator=g, dtype=torch.float64)
+    w = torch.randn(16, d, generator=g, dtype=torch.float64)
+    w[:, :2] *= 10
+    corr = h.T @ h
+
+    def error(ridge):
+        keep = select_columns(ridge_leverage_scores(corr, ridge), k)
+        approx = torch.zeros_like(w)
+        approx[:, keep] = nystrom_correct(corr, keep, w.T).T
+        return keep, output_error(w, approx, corr)
+
+    keep, err = error(MoDeGPT().ridge)
+    assert bool(((keep == 0) | (keep == 1)).any()) and err < 0.3
+    keep, tiny = error(1e-4)
+    assert not bool(((keep == 0) | (keep == 1)).any()) and tiny > 0.9
+
+
 def test_allocate_blocks_softmax_and_clip():
     keeps = allocate_blocks([0.1, 0.2, 0.3], 0.7, 0.1, 0.1)
     assert sum(keeps) / 3 == pytest.approx(0.7)
@@ -201,45 +230,3 @@ def test_modegpt_needs_data_for_block_influence(tiny_bert, bert_stats):
         lowrank.compress(copy.deepcopy(tiny_bert), MoDeGPT(keep=0.6), stats=bert_stats)
     with pytest.raises(ConfigError):
         MoDeGPT(alloc="energy")
-
-
-# ------------------------------------------------------------------------------ LR^2VQ
-
-
-def test_lr2vq_codebook_of_all_subvectors_is_lossless(rng):
-    w = torch.randn(12, 16, generator=rng, dtype=torch.float64)
-    codes, cent, basis, mean = vq_fit(w, 48, 4, 4)  # 48 sub-vectors, d = m
-    layer = VQLinear.from_parts(codes, cent, basis, mean, 12, 16)
-    assert torch.allclose(layer.dense_weight(), w, atol=1e-12)
-    # low-rank sub-vectors: d = their rank suffices
-    lowr = (torch.randn(48, 2, generator=rng, dtype=torch.float64)
-            @ torch.randn(2, 4, generator=rng, dtype=torch.float64)).reshape(12, 16)
-    codes, cent, basis, mean = vq_fit(lowr, 48, 4, 2)
-    lowr_layer = VQLinear.from_parts(codes, cent, basis, mean, 12, 16)
-    assert torch.allclose(lowr_layer.dense_weight(), lowr, atol=1e-10)
-
-
-def test_lr2vq_bits_accounting_and_compress(tiny_bert, bert_stats, calib_tokens, tmp_path):
-    model = copy.deepcopy(tiny_bert)
-    config = LR2VQ(codebook=64, subvector=4, dim=2, iters=5)
-    result = lowrank.compress(model, config, stats=bert_stats)
-    rep = result.modules[0]
-    layer = model.get_submodule(rep.name)
-    assert isinstance(layer, VQLinear)
-    n = rep.out_features * rep.in_features
-    expected = (n // 4 * 6 + 32 * (64 * 2 + 4 * 2 + 4)) / n
-    assert layer.bits_per_weight() == pytest.approx(expected)
-    assert rep.notes["bits_per_weight"] == pytest.approx(expected)
-    assert result.params_after == result.params_before
-    assert result.allocation["bytes_after"] < 0.5 * result.allocation["bytes_before"]
-    assert 0 < rep.rel_output_error < 1
-    out = _out(model, calib_tokens)
-    lowrank.save(model, tmp_path / "m")
-    assert torch.equal(_out(lowrank.load(tmp_path / "m"), calib_tokens), out)
-    assert LR2VQ(keep=0.05).codebook_for(64, 64, 32) < 256  # the byte budget shrinks k
-
-
-def test_lr2vq_rejects_bad_fields():
-    for kw in ({"codebook": 0}, {"subvector": 4, "dim": 5}, {"keep": 2.0}):
-        with pytest.raises(ConfigError):
-            LR2VQ(**kw)
