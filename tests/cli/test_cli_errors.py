@@ -7,20 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli  # tests/cli/cli_runner.py
 
 from lowrank.cli.main import main
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["lowrank", *args])
-    monkeypatch.delenv("LOWRANK_DEBUG", raising=False)
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_line_error(code: int, err: str, *needles: str) -> None:

@@ -4,27 +4,14 @@ ConvNeXt saved to disk): JSON contract, parameter budget, reload identity, one-l
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
+from cli_runner import run_cli  # tests/cli/cli_runner.py
 
 import lowrank as lr
-from lowrank.cli.main import main
 from lowrank.compress.conv import ConvFactorize
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["lowrank", *args])
-    monkeypatch.delenv("LOWRANK_DEBUG", raising=False)
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

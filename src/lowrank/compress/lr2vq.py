@@ -42,6 +42,7 @@ per weight for the codes) and ``d`` is chosen by the same error model unless giv
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -147,6 +148,28 @@ def _kmeans_1d(x: torch.Tensor, k: int, iters: int, w: torch.Tensor | None = Non
     return cent[:, None].to(dtype), labels
 
 
+def _kmeanspp_indices(n: int, k: int, gen: torch.Generator,
+                      distance_to: Callable[[list[int]], torch.Tensor]) -> list[int]:
+    """k-means++ seeding in batches: ``k`` point indices, each batch drawn with probability
+    proportional to the distance to the seeds so far (``distance_to(indices)`` gives every
+    point's distance to the seeds built from ``indices``)."""
+    first = int(torch.randint(n, (1,), generator=gen))
+    chosen = [first]
+    best = distance_to([first])
+    while len(chosen) < k:
+        if float(best.sum()) <= 0:  # every point already coincides with a seed: take unused
+            unused = torch.ones(n, dtype=torch.bool)
+            unused[chosen] = False
+            chosen += unused.nonzero().squeeze(1)[:k - len(chosen)].tolist()
+            break
+        step = min(k - len(chosen), max(1, len(chosen)), int((best > 0).sum()))
+        picks = torch.multinomial(best.cpu().double(), step, replacement=False,
+                                  generator=gen).tolist()
+        chosen += picks
+        best = torch.minimum(best, distance_to(picks))
+    return chosen[:k]
+
+
 def kmeans(points: torch.Tensor, k: int, iters: int = 20, seed: int = 0
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """k-means of ``points`` (N x d); returns ``(centroids (k' x d), labels (N))``.
@@ -163,22 +186,8 @@ def kmeans(points: torch.Tensor, k: int, iters: int = 20, seed: int = 0
         return _kmeans_1d(points[:, 0], k, iters)
     gen = torch.Generator().manual_seed(seed)
     x = points
-    first = int(torch.randint(n, (1,), generator=gen))
-    chosen = [first]
-    best = _nearest(x, x[first:first + 1])[1]
-    while len(chosen) < k:
-        total = float(best.sum())
-        if total <= 0:  # every point already coincides with a centroid: take unused ones
-            unused = torch.ones(n, dtype=torch.bool)
-            unused[chosen] = False
-            chosen += unused.nonzero().squeeze(1)[:k - len(chosen)].tolist()
-            break
-        step = min(k - len(chosen), max(1, len(chosen)), int((best > 0).sum()))
-        picks = torch.multinomial(best.cpu().double(), step, replacement=False,
-                                  generator=gen).tolist()
-        chosen += picks
-        best = torch.minimum(best, _nearest(x, x[picks])[1])
-    cent = x[chosen[:k]].clone()
+    chosen = _kmeanspp_indices(n, k, gen, lambda idx: _nearest(x, x[idx])[1])
+    cent = x[chosen].clone()
     labels, _ = _nearest(x, cent)
     for _ in range(iters):
         sums = torch.zeros_like(cent).index_add_(0, labels, x)
@@ -229,22 +238,11 @@ def weighted_lowrank_kmeans(x: torch.Tensor, w: torch.Tensor, mean: torch.Tensor
     def decode(z: torch.Tensor) -> torch.Tensor:
         return mean + z @ basis.T
 
-    first = int(torch.randint(n, (1,), generator=gen))
-    chosen = [first]
-    best = _weighted_nearest(x, w, decode(solve(w[[first]], w[[first]] * centred[[first]])))[1]
-    while len(chosen) < k:
-        if float(best.sum()) <= 0:
-            unused = torch.ones(n, dtype=torch.bool)
-            unused[chosen] = False
-            chosen += unused.nonzero().squeeze(1)[:k - len(chosen)].tolist()
-            break
-        step = min(k - len(chosen), max(1, len(chosen)), int((best > 0).sum()))
-        picks = torch.multinomial(best.cpu().double(), step, replacement=False,
-                                  generator=gen).tolist()
-        chosen += picks
-        seeds = decode(solve(w[picks], w[picks] * centred[picks]))
-        best = torch.minimum(best, _weighted_nearest(x, w, seeds)[1])
-    z = solve(w[chosen[:k]], w[chosen[:k]] * centred[chosen[:k]])
+    def seed_distance(idx: list[int]) -> torch.Tensor:
+        return _weighted_nearest(x, w, decode(solve(w[idx], w[idx] * centred[idx])))[1]
+
+    chosen = _kmeanspp_indices(n, k, gen, seed_distance)
+    z = solve(w[chosen], w[chosen] * centred[chosen])
     labels, _ = _weighted_nearest(x, w, decode(z))
     for _ in range(iters):
         wsum = torch.zeros(k, x.shape[1], dtype=x.dtype).index_add_(0, labels, w)
