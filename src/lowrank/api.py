@@ -14,7 +14,7 @@ from .calib.stats import CalibrationStats, collect_statistics
 from .compress.base import CompressionConfig, output_error, replace_module
 from .compress.factorize import sensitivity_probe
 from .compress.result import CompressResult
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, LowRankError
 from .nn import count_bytes, count_parameters
 from .registry import get_allocator
 from .targets import select_linears
@@ -141,6 +141,7 @@ def compress(
     else:
         outcome = config.apply(model, modules, stats)
     reports = outcome.reports
+    _require_finite(model, [m.name for m in reports], config.method)
     timings["compression"] = time.perf_counter() - t1
     if original is not None:
         t4 = time.perf_counter()
@@ -170,6 +171,18 @@ def compress(
     )
     setattr(model, MANIFEST_ATTR, {"method": config.to_dict()})
     return result
+
+
+def _require_finite(model: nn.Module, names: list[str], method: str) -> None:
+    """Refuse a compression whose new tensors hold NaN/inf (naming the module and tensor):
+    non-finite calibration statistics or weights would otherwise save a broken model."""
+    for name in names:
+        for tensor_name, tensor in model.get_submodule(name).state_dict().items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise LowRankError(f"method '{method}' produced {bad} non-finite values in "
+                                   f"{name}.{tensor_name}: check the model's weights and its "
+                                   "outputs on the calibration data for NaN/inf")
 
 
 def _output_change_probe(model: nn.Module, tokens: TokenizedText, passages: int = 32,

@@ -25,3 +25,8 @@ class ModelFileError(LowRankError):
 
 class TargetError(LowRankError):
     """Module selection (``targets`` / ``ignore``) matched nothing or something unsupported."""
+
+
+class OutputError(LowRankError):
+    """An output path cannot be written safely (a file, a protected or foreign directory, a
+    missing or read-only parent)."""

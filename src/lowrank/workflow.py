@@ -18,19 +18,27 @@ from typing import Any
 import torch
 
 from .api import compress
-from .calib.data import TextSource, read_texts, tokenize
+from .calib.data import (
+    MIN_CALIBRATION_PASSAGES,
+    MIN_EVALUATION_PASSAGES,
+    TextSource,
+    read_texts,
+    require_passages,
+    tokenize,
+)
 from .compress.base import CompressionConfig
 from .data.images import Images, image_files, image_size, prepare_images, read_images
-from .errors import ConfigError, TargetError
+from .errors import ConfigError, DataError, TargetError
 from .eval import Evaluator
-from .io.atomic import atomic_directory
+from .io.atomic import atomic_directory, check_output_dir
 from .io.checkpoint import load as load_checkpoint
 from .io.checkpoint import write_checkpoint
+from .models.config import model_positions
 from .models.loading import DEFAULT_MODEL_NAME, LoadedModel, load_model, peek_kind
 from .nn import count_parameters
 from .registry import get_method
 from .targets import select_linears
-from .utils.env import default_device, environment
+from .utils.env import environment, resolve_device
 from .utils.log import StageLog
 
 DEFAULT_OUT = "lowrank-out"
@@ -94,20 +102,29 @@ def compress_job(
     plots: bool = True,
     adapter: str | os.PathLike | None = None,
     finetune_steps: int = 0,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Compress ``model`` (default: the embedded MiniLM) and write the output directory.
 
     Returns the summary (the ``--json`` object): model, method, keep target/actual, parameter
     counts, quality before/after, seconds and the output path. The directory holds
     ``model.safetensors``, ``lowrank.json``, config/tokenizer files, ``report.json``,
-    ``report.md`` and PNG plots, and appears only when everything succeeded.
+    ``report.md`` and PNG plots, and appears only when everything succeeded. ``out`` may
+    replace a previous lowrank output; any other non-empty directory only with ``overwrite``
+    (:func:`~lowrank.io.atomic.check_output_dir`). Every option, path, the device, the
+    sequence length and the data are checked before the model is loaded.
     """
     start = time.perf_counter()
     log = StageLog(quiet)
-    # validate everything cheap before any heavy work
-    if isinstance(finetune_steps, bool) or not isinstance(finetune_steps, int) \
-            or finetune_steps < 0:
-        raise ConfigError(f"finetune_steps must be an int >= 0, got {finetune_steps!r}")
+    # validate everything cheap before any heavy work: nothing is loaded or written until the
+    # options, paths, device, model config and data have all been checked
+    _check_count("finetune_steps", finetune_steps, 0)
+    _check_count("samples", samples, MIN_CALIBRATION_PASSAGES,
+                 "the fewest calibration passages or images a run uses")
+    _check_count("seq_len", seq_len, 2)
+    _check_count("seed", seed, 0)
+    out_path = check_output_dir(out, overwrite=overwrite)
+    device = resolve_device(device)
     options = {k: v for k, v in (options or {}).items() if v is not None}
     default = method is None
     vision = peek_kind(model) == "vision"
@@ -120,17 +137,28 @@ def compress_job(
                    **options}
     config = make_config(method, keep=keep, alloc=alloc, seed=seed, targets=targets,
                          ignore=ignore, **options)
+    if adapter is not None:
+        _check_adapter(config, adapter, out_path, overwrite)
     if vision:
         _check_vision_job(config, model, finetune_steps)
         for source in (data, eval_data):
             if source is not None and source != "default":
                 image_files(source)  # the one-line error before any heavy work
     else:
+        _check_seq_len(model, seq_len)
         calib_texts = read_texts(data, "calibration")
         eval_texts = read_texts(eval_data, "evaluation") \
             if eval_data is not None or data is None else None
+        if eval_texts is None:  # user calibration text: every fifth passage is held out
+            _check_split(len(calib_texts), data)
+            eval_texts = calib_texts[::5]
+            calib_texts = [t for i, t in enumerate(calib_texts) if i % 5]
+        # counted again after tokenising (passages of special tokens only are dropped)
+        require_passages(len(calib_texts), MIN_CALIBRATION_PASSAGES, "calibration",
+                         _describe(data, split="calibration", held_out=eval_data is None))
+        require_passages(len(eval_texts), MIN_EVALUATION_PASSAGES, "evaluation",
+                         _describe(eval_data, split="evaluation", calibration=data))
     torch.manual_seed(seed)
-    device = device or default_device()
     log(f"loading {model or DEFAULT_MODEL_NAME} on {device}")
     loaded = load_model(model, device=device)
     _select(loaded, config)
@@ -144,11 +172,16 @@ def compress_job(
         calib_inputs, eval_inputs = _vision_inputs(loaded, data, eval_data, samples)
         unit = "images"
     else:
-        if eval_texts is None:  # user calibration text: hold out every fifth passage for eval
-            eval_texts = calib_texts[::5] if len(calib_texts) >= 5 else calib_texts
-            calib_texts = [t for i, t in enumerate(calib_texts) if i % 5] or calib_texts
         eval_inputs = tokenize(eval_texts, loaded.tokenizer, seq_len)
         calib_inputs = tokenize(calib_texts, loaded.tokenizer, seq_len, samples)
+        require_passages(len(calib_inputs), MIN_CALIBRATION_PASSAGES, "calibration",
+                         _describe(data, split="calibration", held_out=eval_data is None))
+        require_passages(len(eval_inputs), MIN_EVALUATION_PASSAGES, "evaluation",
+                         _describe(eval_data, split="evaluation", calibration=data))
+        overlap = len(set(eval_inputs.texts) & set(calib_inputs.texts))
+        if overlap:
+            log(f"warning: {overlap} of {len(eval_inputs)} evaluation passages are also "
+                "calibration passages: the quality after compression is not held out")
         unit = "passages"
     evaluator = Evaluator(loaded.kind, eval_inputs)
     log(f"evaluating the original model on {len(eval_inputs)} held-out {unit}")
@@ -176,20 +209,24 @@ def compress_job(
     summary = _summary(loaded, config, result, quality_before, quality_after, out)
     summary["configuration"] = describe_config(config)
     summary["default_configuration"] = default
+    summary["evaluation_overlap"] = 0 if vision else overlap
     log(f"writing {out}")
     base = {"name": loaded.name, "path": str(loaded.path), "kind": loaded.kind}
     loaded.model.lowrank_manifest = {"method": config.to_dict(), "base_model": base}
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, overwrite=overwrite) as tmp:
         write_checkpoint(loaded.model, tmp, base=base, copy_files=loaded.config_files())
         summary["seconds"] = round(time.perf_counter() - start, 2)
-        data_info = {"calibration": _describe(data, vision),
-                     "evaluation": _describe(eval_data, vision),
+        data_info = {"calibration": _describe(data, vision, split="calibration",
+                                              held_out=eval_data is None),
+                     "evaluation": _describe(eval_data, vision, split="evaluation",
+                                             calibration=data),
                      f"calibration_{unit}": len(calib_inputs),
                      f"evaluation_{unit}": len(eval_inputs)}
         if vision:
             data_info["image_size"] = list(eval_inputs.pixel_values.shape[-2:])
         else:
             data_info["seq_len"] = seq_len
+            data_info["evaluation_overlap_passages"] = overlap
         report = {**summary, "result": result.to_dict(), "environment": environment(),
                   "fine_tune": fine_tune, "data": data_info}
         from .report import write_report
@@ -198,7 +235,8 @@ def compress_job(
     if adapter is not None:
         from .io.peft import save_eora_adapter
 
-        save_eora_adapter(loaded.model, adapter, base_model_name_or_path=str(loaded.path))
+        save_eora_adapter(loaded.model, adapter, base_model_name_or_path=str(loaded.path),
+                          overwrite=overwrite)
         summary["adapter"] = str(adapter)
     summary["seconds"] = round(time.perf_counter() - start, 2)
     log(f"done in {summary['seconds']} s")
@@ -257,10 +295,15 @@ def _vision_inputs(loaded: LoadedModel, data: Any, eval_data: Any, samples: int
         raw_eval = read_images(eval_data, "evaluation")
     elif data is None or data == "default":
         raw_eval = read_images(None, "evaluation")
-    else:
-        raw_eval = raw_calib[::5] if len(raw_calib) >= 5 else raw_calib
-        raw_calib = [x for i, x in enumerate(raw_calib) if i % 5] or raw_calib
-    raw_calib = raw_calib[:samples] if samples else raw_calib
+    else:  # the user's directory: every fifth image is held out
+        raw_eval = raw_calib[::5]
+        raw_calib = [x for i, x in enumerate(raw_calib) if i % 5]
+    raw_calib = raw_calib[:samples]
+    require_passages(len(raw_calib), MIN_CALIBRATION_PASSAGES, "calibration",
+                     _describe(data, True, held_out=eval_data is None), unit="images")
+    require_passages(len(raw_eval), MIN_EVALUATION_PASSAGES, "evaluation",
+                     _describe(eval_data, True, split="evaluation", calibration=data),
+                     unit="images")
     return _prepare(loaded, raw_calib), _prepare(loaded, raw_eval)
 
 
@@ -311,13 +354,78 @@ def _recover(loaded: LoadedModel, original: torch.nn.Module, texts: list[str], s
     return report.to_dict()
 
 
-def _describe(source: TextSource, vision: bool = False) -> str:
-    if source is None:
+def _describe(source: TextSource, vision: bool = False, *, split: str = "calibration",
+              held_out: bool = False, calibration: TextSource = None) -> str:
+    """Where a split's data came from, as report.json states it."""
+    if source is None and split == "evaluation" and calibration is not None:
+        return f"held-out fifth of {_describe(calibration, vision)}"
+    if source is None or source == "default":
         return "embedded default (scikit-learn digits)" if vision \
             else "embedded default (pydoc_data.topics)"
     if isinstance(source, (str, os.PathLike)):
-        return str(source)
+        text = f"'{source}'" if source != "licenses" else "licence texts of installed packages"
+        return f"{text} (every fifth passage held out)" if held_out and \
+            split == "calibration" else text
     return f"{len(source)} strings"
+
+
+def _check_count(name: str, value: Any, minimum: int, why: str = "") -> None:
+    """An integer option at least ``minimum`` (bools are not counts)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}"
+                          + (f" ({why})" if why else "") + f", got {value!r}")
+
+
+def _check_split(count: int, source: TextSource) -> None:
+    """Enough passages to hold every fifth out and still calibrate and evaluate on enough."""
+    needed = max(5 * MIN_EVALUATION_PASSAGES - 4,
+                 (MIN_CALIBRATION_PASSAGES * 5 + 3) // 4)
+    if count < needed:
+        raise DataError(f"{_describe(source)} gives {count} passage(s); with no --eval-data "
+                        f"every fifth is held out for evaluation, so at least {needed} are "
+                        f"needed ({MIN_CALIBRATION_PASSAGES} to calibrate, "
+                        f"{MIN_EVALUATION_PASSAGES} to evaluate): give more text (passages "
+                        "are cut at blank lines) or --eval-data")
+
+
+def _check_adapter(config: CompressionConfig, adapter: Any, out: Path, overwrite: bool
+                   ) -> None:
+    """``--adapter`` exports EoRA compensations: check the method and the path up front."""
+    if config.method != "eora":
+        raise ConfigError(f"--adapter '{adapter}' writes EoRA compensations as a PEFT adapter, "
+                          f"but the method is '{config.method}': use --method eora or drop "
+                          "--adapter")
+    path = check_output_dir(adapter, overwrite=overwrite, what="adapter directory")
+    if path == out or out in path.parents or path in out.parents:
+        raise ConfigError(f"adapter directory '{adapter}' and output directory '{out}' "
+                          "overlap: give two separate directories")
+
+
+#: Picture formats ``--plot`` writes (matplotlib picks the format from the suffix).
+PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
+def _check_plot_path(plot: str | os.PathLike) -> None:
+    """A picture path whose suffix matplotlib writes, in an existing writable directory."""
+    path = Path(plot)
+    if path.suffix.lower() not in PLOT_SUFFIXES:
+        raise ConfigError(f"plot '{plot}' must end with one of {', '.join(PLOT_SUFFIXES)}")
+    if path.is_dir():
+        raise ConfigError(f"plot '{plot}' is a directory: expected a file path such as "
+                          "spectra.png")
+    parent = path.absolute().parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ConfigError(f"plot '{plot}': directory '{parent}' does not exist or is not "
+                          "writable")
+
+
+def _check_seq_len(model: str | None, seq_len: int) -> None:
+    """``seq_len`` within the positions the model's config declares."""
+    positions = model_positions(model)
+    if positions is not None and seq_len > positions:
+        raise ConfigError(f"seq_len {seq_len} exceeds the {positions} positions of model "
+                          f"'{model or DEFAULT_MODEL_NAME}': use --seq-len {positions} or "
+                          "less")
 
 
 def _summary(loaded: LoadedModel, config, result, before, after, out) -> dict[str, Any]:
@@ -361,12 +469,14 @@ def eval_job(
     perplexity for causal LMs).
     """
     log = StageLog(quiet)
-    device = device or default_device()
+    _check_count("seq_len", seq_len, 2)
+    device = resolve_device(device)
     vision = peek_kind(model_or_dir) == "vision"
     if vision:
         if data is not None and data != "default":
             image_files(data)  # the one-line error before loading anything
     else:
+        _check_seq_len(model_or_dir, seq_len)
         texts = read_texts(data, "evaluation")
     path = Path(model_or_dir) if model_or_dir else None
     is_lowrank = path is not None and path.is_dir() and (
@@ -386,6 +496,8 @@ def eval_job(
         inputs, unit = _prepare(loaded, read_images(data, "evaluation")), "images"
     else:
         inputs, unit = tokenize(texts, loaded.tokenizer, seq_len), "passages"
+    require_passages(len(inputs), MIN_EVALUATION_PASSAGES, "evaluation",
+                     _describe(data, loaded.kind == "vision", split="evaluation"), unit=unit)
     evaluator = Evaluator(loaded.kind, inputs)
     log(f"evaluating on {len(inputs)} {unit}")
     reference = evaluator.reference(loaded.model)
@@ -418,7 +530,9 @@ def inspect_job(
 
     if not 0 < keep <= 1:
         raise ConfigError(f"keep must be in (0, 1] (fraction of parameters kept), got {keep}")
-    loaded = load_model(model, device=device or "cpu")
+    if plot is not None:
+        _check_plot_path(plot)
+    loaded = load_model(model, device=resolve_device(device or "cpu"))
     modules = select_linears(loaded.model, targets)
     layers, items = [], []
     for name, lin in modules.items():

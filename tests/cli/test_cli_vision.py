@@ -95,9 +95,9 @@ def test_default_on_vision_is_conv_with_measured_keeps(monkeypatch, capsys, tmp_
     images = tmp_path / "images"
     images.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(10):
+    for i in range(40):  # every fifth held out: 32 to calibrate, 8 to evaluate
         Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(
-            images / f"{i}.jpg")
+            images / f"{i:02d}.jpg")
     out = tmp_path / "out"
     code, stdout, err = run_cli(monkeypatch, capsys, "compress", str(resnet_dir), "--keep",
                                 "0.5", "--data", str(images), "--out", str(out), "--json",
@@ -108,7 +108,7 @@ def test_default_on_vision_is_conv_with_measured_keeps(monkeypatch, capsys, tmp_
     assert s["configuration"] == "conv (alloc=output-error)"
     assert s["targeted_params_after"] <= 0.5 * s["targeted_params_before"]
     report = json.loads((out / "report.json").read_text())
-    assert (report["data"]["calibration_images"], report["data"]["evaluation_images"]) == (8, 2)
+    assert (report["data"]["calibration_images"], report["data"]["evaluation_images"]) == (32, 8)
     keeps = report["result"]["allocation"]["keeps"]
     assert keeps and len(set(keeps.values())) > 1  # per-layer keeps, not one uniform keep
     assert report["result"]["method"]["keeps"] == keeps  # recorded for reproduction

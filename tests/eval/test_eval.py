@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import math
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 import lowrank
 from lowrank.calib import tokenize
+from lowrank.errors import LowRankError
 from lowrank.eval import (
     Evaluator,
     embed,
@@ -100,3 +102,61 @@ def test_forward_latency(tiny_bert, tokenizer, eval_texts):
     batch = next(tokenize(eval_texts, tokenizer, seq_len=SEQ_LEN).batches(2))
     t = forward_latency(tiny_bert, batch, repeats=3, warmup=1)
     assert math.isfinite(t) and t > 0
+
+
+def _poisoned(model: torch.nn.Module, name: str) -> torch.nn.Module:
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model.get_parameter(name)[0] = float("nan")
+    return model
+
+
+def test_evaluator_refuses_nan_cosine(tiny_bert, tokenizer, eval_texts):
+    tokens = tokenize(eval_texts, tokenizer, seq_len=SEQ_LEN)
+    evaluator = Evaluator("encoder", tokens, latency_batch=4)
+    evaluator.reference(tiny_bert)
+    broken = _poisoned(tiny_bert, "encoder.layer.1.output.dense.weight")
+    with pytest.raises(LowRankError) as info:
+        evaluator.measure(broken)
+    assert str(info.value) == (
+        "cosine is nan: the model's outputs contain non-finite values (NaN or inf) on the "
+        "evaluation data; expected finite outputs (are its weights corrupt or overflowing its "
+        "dtype?)")
+    assert evaluator.measure(tiny_bert, latency=False)["cosine"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_evaluator_refuses_non_finite_reference(tiny_bert, tokenizer, eval_texts):
+    tokens = tokenize(eval_texts, tokenizer, seq_len=SEQ_LEN)
+    evaluator = Evaluator("encoder", tokens, latency_batch=4)
+    broken = _poisoned(tiny_bert, "embeddings.LayerNorm.bias")
+    with pytest.raises(LowRankError, match=r"^cosine and knn10_overlap cannot be measured: "
+                                           r"the reference \(original\) model's outputs "
+                                           "contain non-finite values"):
+        evaluator.reference(broken)
+    assert evaluator.reference_embeddings is None
+
+
+def test_evaluator_refuses_nan_perplexity(tiny_llama, tokenizer, eval_texts):
+    tokens = tokenize(eval_texts, tokenizer, seq_len=SEQ_LEN)
+    evaluator = Evaluator("causal-lm", tokens, latency_batch=2)
+    broken = _poisoned(tiny_llama, "model.layers.0.mlp.down_proj.weight")
+    assert math.isnan(perplexity(broken, tokens))  # the metric itself, for direct callers
+    with pytest.raises(LowRankError, match=r"^perplexity is nan: the reference \(original\) "
+                                           "model's outputs contain non-finite values"):
+        evaluator.reference(broken)
+    with pytest.raises(LowRankError, match=r"^perplexity is nan: the model's outputs"):
+        evaluator.measure(broken, latency=False)
+
+
+def test_perplexity_overflow_is_a_clear_error(tiny_llama, tokenizer, eval_texts, monkeypatch):
+    tokens = tokenize(eval_texts, tokenizer, seq_len=SEQ_LEN)
+
+    def huge_loss(_model, batch):
+        n = int(batch.attention_mask.sum())
+        return torch.tensor(800.0 * n), n
+
+    module = importlib.import_module("lowrank.eval.perplexity")  # the name is shadowed
+    monkeypatch.setattr(module, "causal_lm_loss", huge_loss)
+    with pytest.raises(LowRankError, match="perplexity overflows: the mean next-token negative "
+                                           "log-likelihood is 800 nats"):
+        perplexity(tiny_llama, tokens)

@@ -104,11 +104,18 @@ def test_plain_module_with_skeleton(tmp_path):
 
 
 def test_save_replaces_existing_directory(tiny_bert, tmp_path):
+    """A foreign directory only with overwrite=True; a previous save without it."""
+    from lowrank.errors import OutputError
+
     path = tmp_path / "out"
     path.mkdir()
     (path / "stale.txt").write_text("old")
-    lowrank.save(_compressed(tiny_bert), path)
+    with pytest.raises(OutputError, match="overwrite"):
+        lowrank.save(_compressed(tiny_bert), path)
+    assert (path / "stale.txt").read_text() == "old"
+    lowrank.save(_compressed(tiny_bert), path, overwrite=True)
     assert not (path / "stale.txt").exists()
+    lowrank.save(_compressed(tiny_bert), path)  # a previous lowrank output: replaced
     assert (path / MANIFEST).is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
@@ -192,7 +199,7 @@ def test_load_tensor_removed_from_weights(saved_bert, tmp_path):
     victim = "encoder.layer.0.attention.self.query.A"
     del tensors[victim]
     save_file(tensors, str(path / WEIGHTS), metadata={"format": "pt"})
-    with pytest.raises(ModelFileError, match="lacks tensors"):
+    with pytest.raises(ModelFileError, match=f"lacks 1 tensor named in {MANIFEST}: {victim}$"):
         lowrank.load(path)
 
 
@@ -216,6 +223,102 @@ def test_load_manifest_names_unknown_module(saved_bert, tmp_path):
         lowrank.load(path)
 
 
+def _edit_weights(saved, tmp_path, edit):
+    path = _copy_checkpoint(saved, tmp_path)
+    tensors = load_file(str(path / WEIGHTS))
+    edit(tensors)
+    save_file(tensors, str(path / WEIGHTS), metadata={"format": "pt"})
+    return path
+
+
+def _one_line_error(path) -> str:
+    with pytest.raises(ModelFileError) as info:
+        lowrank.load(path)
+    message = str(info.value)
+    assert "\n" not in message, message
+    return message
+
+
+def test_load_refuses_nan_and_inf(saved_bert, tmp_path):
+    def poison(tensors):
+        tensors["encoder.layer.0.attention.self.query.A"][0, :3] = float("nan")
+        tensors["pooler.dense.bias"][1] = float("inf")
+
+    path = _edit_weights(saved_bert, tmp_path, poison)
+    numel = load_file(str(path / WEIGHTS))["encoder.layer.0.attention.self.query.A"].numel()
+    message = _one_line_error(path)
+    assert message.startswith(f"{path / WEIGHTS}: 2 tensors hold NaN or inf: ")
+    assert f"encoder.layer.0.attention.self.query.A (3 of {numel} values)" in message
+    assert "pooler.dense.bias (1 of 64 values)" in message
+
+
+def test_load_refuses_a_single_nan(saved_bert, tmp_path):
+    def poison(tensors):
+        tensors["embeddings.LayerNorm.weight"][5] = float("-inf")
+
+    message = _one_line_error(_edit_weights(saved_bert, tmp_path, poison))
+    assert ": 1 tensor holds NaN or inf: embeddings.LayerNorm.weight (1 of 64 values)" in message
+
+
+def test_load_names_a_factor_of_the_wrong_shape(saved_bert, tmp_path):
+    victim = "encoder.layer.0.attention.self.query.A"
+    shapes = {}
+
+    def shrink(tensors):
+        shapes["expected"] = tuple(tensors[victim].shape)
+        tensors[victim] = tensors[victim][:-1].clone()
+
+    path = _edit_weights(saved_bert, tmp_path, shrink)
+    rank, cols = shapes["expected"]
+    message = _one_line_error(path)
+    assert message == (f"{path / WEIGHTS}: 1 tensor has the wrong shape for the model "
+                       f"described by {MANIFEST}: {victim} expected ({rank}, {cols}), stored "
+                       f"({rank - 1}, {cols})")
+
+
+def test_load_lists_the_first_wrong_shapes_and_counts_them(saved_bert, tmp_path):
+    def shrink(tensors):
+        for name in [k for k in tensors if k.endswith(".B")]:
+            tensors[name] = tensors[name][:, :-1].clone()
+
+    path = _edit_weights(saved_bert, tmp_path, shrink)
+    count = sum(k.endswith(".B") for k in load_file(str(path / WEIGHTS)))
+    message = _one_line_error(path)
+    assert f": {count} tensors have the wrong shape" in message
+    assert message.count(" expected (") == 3 and message.endswith(f"and {count - 3} more")
+
+
+def test_load_names_unexpected_tensors(saved_bert, tmp_path):
+    def add(tensors):
+        tensors["encoder.bogus.weight"] = torch.zeros(2)
+        tensors["encoder.other.weight"] = torch.zeros(2)
+
+    message = _one_line_error(_edit_weights(saved_bert, tmp_path, add))
+    assert message.endswith(f"does not match the model described by {MANIFEST}: 2 unexpected "
+                            "tensors (encoder.bogus.weight, encoder.other.weight)")
+
+
+def test_load_names_missing_tensors_the_manifest_does_not_list(saved_bert, tmp_path):
+    victim = "encoder.layer.1.output.LayerNorm.bias"
+    path = _copy_checkpoint(saved_bert, tmp_path)
+    manifest = json.loads((path / MANIFEST).read_text())
+    _edit_manifest(path, tensors=[k for k in manifest["tensors"] if k != victim])
+    tensors = load_file(str(path / WEIGHTS))
+    del tensors[victim]
+    save_file(tensors, str(path / WEIGHTS), metadata={"format": "pt"})
+    assert _one_line_error(path).endswith(f"1 missing tensor ({victim})")
+
+
+def test_load_lacking_listed_tensors_says_how_many(saved_bert, tmp_path):
+    path = _copy_checkpoint(saved_bert, tmp_path)
+    manifest = json.loads((path / MANIFEST).read_text())
+    ghosts = [f"encoder.ghost{i}.weight" for i in range(7)]
+    _edit_manifest(path, tensors=manifest["tensors"] + ghosts)
+    message = _one_line_error(path)
+    assert f"lacks 7 tensors named in {MANIFEST}: " in message
+    assert message.endswith("encoder.ghost4.weight and 2 more")
+
+
 # ------------------------------------------------------------------------------ atomicity
 
 
@@ -234,7 +337,7 @@ def test_atomic_directory_failure_keeps_previous(tmp_path):
     dest.mkdir()
     (dest / "old.txt").write_text("old")
     with pytest.raises(RuntimeError):
-        with atomic_directory(dest) as tmp:
+        with atomic_directory(dest, overwrite=True) as tmp:
             (tmp / "new.txt").write_text("new")
             raise RuntimeError("boom")
     assert sorted(p.name for p in dest.iterdir()) == ["old.txt"]
@@ -244,8 +347,10 @@ def test_atomic_directory_failure_keeps_previous(tmp_path):
 def test_atomic_directory_refuses_file(tmp_path):
     target = tmp_path / "file"
     target.write_text("x")
-    with pytest.raises(FileExistsError):
-        with atomic_directory(target):
+    from lowrank.errors import OutputError
+
+    with pytest.raises(OutputError, match="is a file"):
+        with atomic_directory(target, overwrite=True):
             pass
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from lowrank.errors import LowRankError
+from lowrank.errors import ConfigError, LowRankError
 from lowrank.optim import GaLoreAdamW, estimate_memory, galore_groups
 from lowrank.optim import projectors as pj
 
@@ -352,3 +352,64 @@ def test_rsvd_full_recovers_both_planted_subspaces():
     p, q = pj.rsvd_basis(g, pj.BOTH, 4, seed=3)
     torch.testing.assert_close(p @ p.T, u @ u.T, atol=1e-5, rtol=0)
     torch.testing.assert_close(q @ q.T, v @ v.T, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"lr": float("nan")}, r"^lr must be a finite number in \[0, inf\), got nan"),
+    ({"lr": float("inf")}, r"^lr must be a finite number in \[0, inf\), got inf"),
+    ({"eps": float("nan")}, r"^eps must be a finite number"),
+    ({"weight_decay": -0.1}, r"^weight_decay must be a finite number in \[0, inf\)"),
+    ({"betas": (float("nan"), 0.999)}, r"^betas\[0\] must be a finite number in \[0, 1\)"),
+    ({"betas": (0.9,)}, r"^betas must be a pair \(beta1, beta2\), got \(0.9,\)"),
+])
+def test_hyper_parameters_must_be_finite(kw, message):
+    # before: lr, eps, weight_decay = nan/inf were accepted (and every step wrote NaN)
+    with pytest.raises(ConfigError, match=message):
+        GaLoreAdamW(_mlp().parameters(), **kw)
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"lr": float("nan")}, r"^lr of param group 1 must be a finite number"),
+    ({"betas": (0.9, float("inf"))}, r"^betas\[1\] of param group 1 must be a finite number"),
+    ({"rank": 2, "scale": float("nan")}, r"^scale of param group 1 must be a finite number in "
+                                         r"\(0, inf\)"),
+    ({"rank": 2, "rsvd_oversample": -1}, "^rsvd_oversample of param group 1 must be a non-neg"),
+    ({"rank": 2, "rsvd_power_iters": 1.5}, "^rsvd_power_iters of param group 1 must be"),
+    ({"rank": 2, "seed": float("nan")}, "^seed of param group 1 must be a non-negative int"),
+    ({"rank": 2, "stagger": "yes"}, "^stagger of param group 1 must be True or False"),
+    ({"rank": True}, "^rank of param group 1 must be a positive int, got True"),
+])
+def test_group_hyper_parameters_must_be_finite(kw, message):
+    with pytest.raises(ConfigError, match=message):
+        GaLoreAdamW(_groups(_mlp(), **kw), lr=1e-2)
+    with pytest.raises(ConfigError, match=r"^rank must be a positive int, got 2.5"):
+        galore_groups(_mlp(), targets=["0", "2"], rank=2.5)  # before: int(2.5) = 2 silently
+
+
+@pytest.mark.parametrize("key, saved, configured", [
+    ("rank", 3, 5), ("basis", "dct", "svd"), ("proj_type", "full", "std"),
+    ("update_proj_gap", 2, 4), ("rank", None, 3),
+])
+def test_load_refuses_a_state_with_other_projection_settings(key, saved, configured):
+    # before: torch's load_state_dict replaced the configured value by the saved one
+    def kw(value):  # None: a plain AdamW group
+        return {} if value is None else {"rank": 3, "update_proj_gap": 2, key: value}
+
+    a, b = _mlp(), _mlp()
+    opt_a = GaLoreAdamW(_groups(a, **kw(saved)), lr=1e-2)
+    _train(a, opt_a, _batches(3))
+    opt_b = GaLoreAdamW(_groups(b, **kw(configured)), lr=1e-2)
+    message = (rf"^param group 1: the saved optimizer state has {key}={saved!r} but this "
+               rf"optimizer is configured with {key}={configured!r}")
+    with pytest.raises(ConfigError, match=message):
+        opt_b.load_state_dict(opt_a.state_dict())
+    assert opt_b.param_groups[1].get(key) == configured and not opt_b.state
+
+
+def test_load_keeps_torch_semantics_for_other_hyper_parameters():
+    a, b = _mlp(), _mlp()
+    opt_a = GaLoreAdamW(_groups(a, rank=3, update_proj_gap=2), lr=1e-2)
+    _train(a, opt_a, _batches(2))
+    opt_b = GaLoreAdamW(_groups(b, rank=3, update_proj_gap=2), lr=5e-3)
+    opt_b.load_state_dict(opt_a.state_dict())
+    assert opt_b.param_groups[1]["lr"] == 1e-2  # restored, as torch.optim does (schedulers)

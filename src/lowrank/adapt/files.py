@@ -46,11 +46,11 @@ def _toolkit_version() -> str:
 
 
 def _write(directory: str | os.PathLike, config: dict[str, Any],
-           tensors: dict[str, torch.Tensor]) -> Path:
+           tensors: dict[str, torch.Tensor], overwrite: bool) -> Path:
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-    with atomic_directory(directory) as tmp:
+    with atomic_directory(directory, overwrite=overwrite, kind="adapter") as tmp:
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True),
                                           encoding="utf-8")
@@ -76,9 +76,11 @@ def _read(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch
 
 
 def save_peft(model: nn.Module, directory: str | os.PathLike,
-              base_model_name_or_path: str | None = None) -> Path:
+              base_model_name_or_path: str | None = None, *, overwrite: bool = False) -> Path:
     """Write the model's adapters as a PEFT LoRA adapter (exact: LoRA, PiSSA as 2r, NOLA,
     SVFit, FLoRA-linear and FLoRA-conv as conv LoRA). Raises for TLoRA (no exact LoRA form).
+    ``directory`` may replace a previous lowrank output; another non-empty directory only
+    with ``overwrite`` (:func:`lowrank.io.atomic.check_output_dir`).
 
     Load it on the *original* base model with ``peft.PeftModel.from_pretrained(base, dir)``
     or :func:`load_peft`. Unmerged state is exported whatever ``merged`` says.
@@ -95,7 +97,7 @@ def save_peft(model: nn.Module, directory: str | os.PathLike,
     for name, e in exports.items():
         tensors[f"base_model.model.{name}.lora_A.weight"] = e.A
         tensors[f"base_model.model.{name}.lora_B.weight"] = e.B
-    return _write(directory, config, tensors)
+    return _write(directory, config, tensors, overwrite)
 
 
 def _pattern_value(pattern: dict[str, Any], name: str, default: Any) -> Any:
@@ -163,8 +165,9 @@ def load_peft(model: nn.Module, directory: str | os.PathLike) -> list[str]:
     return list(factors)
 
 
-def save(model: nn.Module, directory: str | os.PathLike) -> Path:
-    """Write the adapters in the compact native format (bit-exact with :func:`load`)."""
+def save(model: nn.Module, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write the adapters in the compact native format (bit-exact with :func:`load`);
+    ``directory`` follows the rule of :func:`save_peft`."""
     layers = _layers_or_raise(model)
     cfg = getattr(model, CONFIG_ATTR, None)
     if cfg is None:
@@ -183,7 +186,7 @@ def save(model: nn.Module, directory: str | os.PathLike) -> Path:
         "config": cfg.to_dict(),
         "modules": modules,
     }
-    return _write(directory, config, tensors)
+    return _write(directory, config, tensors, overwrite)
 
 
 def config_from_dict(data: dict[str, Any]) -> AdapterConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,13 @@ from ..data.default_text import Split, _chunk, _paragraphs, default_passages
 from ..errors import DataError
 
 TextSource = str | os.PathLike | Sequence[str] | None
+
+#: Fewest passages a compression run calibrates on, and fewest it evaluates on (neighbour
+#: overlap and mean cosine over fewer are noise); fewer are refused, never silently reused.
+MIN_CALIBRATION_PASSAGES = 8
+MIN_EVALUATION_PASSAGES = 8
+#: Control characters other than whitespace: never text, dropped when a file is read.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def read_texts(source: TextSource, split: Split = "calibration") -> list[str]:
@@ -33,29 +41,30 @@ def read_texts(source: TextSource, split: Split = "calibration") -> list[str]:
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
-            raise DataError(f"calibration text '{source}' is not a readable file: expected a "
+            raise DataError(f"{split} text '{source}' is not a readable file: expected a "
                             "UTF-8 text file, a list of strings, or 'default'")
         try:
-            text = path.read_text(encoding="utf-8")
+            text = _CONTROL.sub("", path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as exc:
             raise DataError(
-                f"calibration text '{source}' could not be read as UTF-8: {exc}"
+                f"{split} text '{source}' could not be read as UTF-8: {exc}"
             ) from exc
         passages = _chunk(_paragraphs(text)) or [" ".join(text.split())]
         passages = [p for p in passages if p]
         if not passages:
-            raise DataError(f"calibration text '{source}' is empty: expected some text")
+            raise DataError(f"{split} text '{source}' is empty (or holds only control "
+                            "characters): expected some text")
         return passages
     if isinstance(source, Sequence):
-        texts = [t for t in source if isinstance(t, str) and t.strip()]
         bad = [t for t in source if not isinstance(t, str)]
         if bad:
-            raise DataError(f"calibration texts must be strings, got {type(bad[0]).__name__}")
+            raise DataError(f"{split} texts must be strings, got {type(bad[0]).__name__}")
+        texts = [t for t in source if _CONTROL.sub("", t).strip()]
         if not texts:
-            raise DataError("calibration texts are empty: expected at least one non-empty string")
+            raise DataError(f"{split} texts are empty: expected at least one non-empty string")
         return texts
     raise DataError(
-        f"unsupported calibration data of type {type(source).__name__}: expected a list of "
+        f"unsupported {split} data of type {type(source).__name__}: expected a list of "
         "strings, a path to a text file, or None for the embedded default"
     )
 
@@ -117,10 +126,24 @@ def tokenize(
     for i, row in enumerate(encoded["input_ids"]):
         ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         mask[i, : len(row)] = 1
-    keep = mask.sum(1) > 0
+    special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+    real = mask.bool() & ~torch.isin(ids, special)
+    keep = real.sum(1) > 0  # passages of special tokens only say nothing about the text
     if not bool(keep.any()):
-        raise DataError("the text produced no tokens: expected some readable text")
+        raise DataError("the text produced no tokens besides special ones: expected some "
+                        "readable text")
     return TokenizedText(ids[keep], mask[keep], [t for t, k in zip(texts, keep, strict=True) if k])
+
+
+def require_passages(count: int, minimum: int, what: str, source: str,
+                     unit: str = "passages") -> None:
+    """Refuse ``count`` passages (or images) when fewer than ``minimum``, in one line naming
+    the source."""
+    if count < minimum:
+        more = "images" if unit == "images" else "text (passages are cut at blank lines)"
+        real = " with real tokens" if unit == "passages" else ""
+        raise DataError(f"{what} needs at least {minimum} {unit}{real}, but {source} gives "
+                        f"{count}: give more {more}")
 
 
 def masked_rows(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from typing import Any
 
 import typer
 
 from ..errors import LowRankError
+from ..utils.signals import Signalled, signals_raise
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Low-rank structure in PyTorch models: compress, evaluate, inspect.")
@@ -23,8 +25,8 @@ MODEL_ARG = typer.Argument(None, help="Hugging Face model directory or cached hu
 
 
 def _emit(obj: dict[str, Any], as_json: bool, human) -> None:
-    if as_json:
-        sys.stdout.write(json.dumps(obj) + "\n")
+    if as_json:  # allow_nan=False: NaN is not JSON; the jobs refuse non-finite results
+        sys.stdout.write(json.dumps(obj, allow_nan=False) + "\n")
     else:
         human(obj)
 
@@ -109,7 +111,11 @@ def compress(
     eval_data: str | None = typer.Option(
         None, help="held-out evaluation text file, or 'licenses' (out-of-domain text); an "
                    "image directory for vision models"),
-    out: str = typer.Option("lowrank-out", help="output directory (written atomically)"),
+    out: str = typer.Option("lowrank-out", help="output directory (written atomically; may "
+                                                "replace a previous lowrank output)"),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="replace --out (and --adapter) even if it holds files "
+                                        "lowrank did not write"),
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default: cuda if available)"),
     targets: list[str] | None = typer.Option(
         None, help="modules to compress: class name, dotted name or re:regex (repeatable)"),
@@ -133,7 +139,7 @@ def compress(
                            data=data,
                            eval_data=eval_data, out=out, device=device, seed=seed,
                            targets=targets or None, ignore=ignore or None, adapter=adapter,
-                           finetune_steps=finetune_steps,
+                           finetune_steps=finetune_steps, overwrite=overwrite,
                            samples=samples, seq_len=seq_len, quiet=quiet)
 
     def human(s: dict) -> None:
@@ -145,7 +151,9 @@ def compress(
                      f"(target {s['keep_target']})"),
             ("parameters", f"{s['params_before']:,} -> {s['params_after']:,}"),
             ("quality before", _q(s["quality_before"])),
-            ("quality after", _q(s["quality_after"])),
+            ("quality after", _q(s["quality_after"])
+             + (f" (warning: {s['evaluation_overlap']} evaluation passages are calibration "
+                "passages)" if s["evaluation_overlap"] else "")),
             ("seconds", f"{s['seconds']}"),
             ("output", s["out"]),
         ])
@@ -241,18 +249,46 @@ from .train import train_command  # noqa: E402
 app.command("train")(train_command)
 
 
-def main() -> None:
-    """Entry point: run the app, turning known errors into one line and exit status 2."""
+def _run_app(args: list[str]) -> int:
+    """The typer app with its own error handling off, so a usage error is one line too."""
+    from typer.exceptions import Abort, TyperException
+
     try:
-        app()
+        code = app(args or ["--help"], standalone_mode=False)
+    except TyperException as exc:  # bad flag, bad value, missing argument, unknown command
+        from typer.main import get_command
+
+        message = " ".join(exc.format_message().split())
+        known = args[:1] if args and args[0] in get_command(app).commands else []
+        print(f"lowrank: error: {message} (see '{' '.join(['lowrank', *known])} --help')",
+              file=sys.stderr)
+        return exc.exit_code
+    except Abort:  # end of input at a prompt
+        print("lowrank: aborted", file=sys.stderr)
+        return 1
+    return code if isinstance(code, int) else 0
+
+
+def main() -> None:
+    """Entry point: run the app, turning known errors into one line and exit status 2, and
+    SIGINT / SIGTERM into a short message and exit status 130 / 143 (the output directory is
+    then the previous one or none; the temporary one is removed)."""
+    try:
+        with signals_raise():
+            code = _run_app(sys.argv[1:])
     except LowRankError as exc:
         if os.environ.get("LOWRANK_DEBUG"):
             raise
         print(f"lowrank: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("lowrank: interrupted", file=sys.stderr)
-        sys.exit(130)
+        code = 2
+    except Signalled as exc:
+        what = "interrupted" if exc.signum == signal.SIGINT else "terminated"
+        print(f"lowrank: {what} by {exc.name}; no new output was written", file=sys.stderr)
+        code = exc.exit_status
+    except KeyboardInterrupt:  # a SIGINT outside the main thread's handler
+        print("lowrank: interrupted; no new output was written", file=sys.stderr)
+        code = 130
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,12 @@ atomically. Progress and the memory estimate go to stderr; ``--json`` prints one
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import typer
+
+from ..errors import LowRankError
 
 
 def train_command(
@@ -29,12 +32,15 @@ def train_command(
     per_layer: bool = typer.Option(False, "--per-layer",
                                    help="GaLore: step each layer inside backward"),
     seed: int = typer.Option(0, help="random seed (init and batches)"),
-    out: str = typer.Option("lowrank-train", help="output directory (written atomically)"),
+    out: str = typer.Option("lowrank-train", help="output directory (written atomically; "
+                                                  "may replace a previous lowrank output)"),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="replace --out even if it holds other files"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object to stdout"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress on stderr"),
 ) -> None:
     """Pretrain a small LLaMA-architecture LM on the embedded text (GaLore, SLTrain, LOST, ...)."""
-    from ..io.atomic import atomic_directory
+    from ..io.atomic import atomic_directory, check_output_dir
     from ..optim.pretrain import PretrainConfig, pretrain
 
     if lr is None:
@@ -43,22 +49,27 @@ def train_command(
                          seq_len=seq_len, hidden=hidden, layers=layers,
                          intermediate=max(8, int(round(hidden * 2.75 / 8)) * 8),
                          update_proj_gap=update_proj_gap, per_layer=per_layer, seed=seed)
+    check_output_dir(out, overwrite=overwrite)  # before training, not after
 
     def log(text: str) -> None:
         if not quiet:
             print(text, file=sys.stderr)
 
     result = pretrain(cfg, quiet=quiet, log=log)
+    if not all(math.isfinite(x) for x in [*result.losses, result.val_loss]):
+        raise LowRankError(f"training diverged: the loss became non-finite at step "
+                           f"{len(result.losses)} of {steps} (lr {lr:g}); lower --lr; nothing "
+                           "was written")
     payload = result.to_dict()
-    with atomic_directory(out) as tmp:
-        (tmp / "train.json").write_text(json.dumps(payload, indent=2))
+    with atomic_directory(out, overwrite=overwrite, kind="train") as tmp:
+        (tmp / "train.json").write_text(json.dumps(payload, indent=2, allow_nan=False))
         _plot(result.losses, f"{method} (lr {lr:g})", tmp / "loss.png")
     summary = {k: payload[k] for k in ("val_ppl", "val_loss", "params_total",
                                         "optimizer_state_bytes", "wall_seconds",
                                         "step_seconds", "refresh_seconds", "peak_rss_mib")}
     summary = {"method": method, "steps": steps, "out": out, **summary}
     if as_json:
-        sys.stdout.write(json.dumps(summary) + "\n")
+        sys.stdout.write(json.dumps(summary, allow_nan=False) + "\n")
     else:
         for key, value in summary.items():
             print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")

@@ -90,13 +90,17 @@ def save(
     *,
     base: dict[str, Any] | None = None,
     copy_files: Iterable[str | os.PathLike] = (),
+    overwrite: bool = False,
 ) -> Path:
     """Save ``model`` (factorized modules included) to ``directory``, atomically.
 
     ``copy_files`` are config/tokenizer files of the base model to keep beside the weights so
-    the directory is self-contained.
+    the directory is self-contained. ``directory`` may be new, empty or a previous lowrank
+    output; another non-empty directory is replaced only with ``overwrite=True``, and the
+    current directory, its parents and the home directory never
+    (:func:`lowrank.io.atomic.check_output_dir`).
     """
-    with atomic_directory(directory) as tmp:
+    with atomic_directory(directory, overwrite=overwrite) as tmp:
         write_checkpoint(model, tmp, base=base, copy_files=copy_files)
     return Path(directory)
 
@@ -156,7 +160,12 @@ def _skeleton_from_config(directory: Path, manifest: dict[str, Any]) -> nn.Modul
     except ImportError as exc:
         raise ModelFileError("loading a Hugging Face checkpoint needs transformers: "
                              "pip install 'lowrank[hf]'") from exc
-    config = transformers.AutoConfig.from_pretrained(str(directory))
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(directory), local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(f"{directory / 'config.json'} is not a readable Hugging Face "
+                             f"config: {first}") from exc
     cls = getattr(transformers, str(manifest.get("model_class", "")), None)
     if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
         model = cls(config)  # the saved class itself (allow-listed: transformers models only)
@@ -173,25 +182,29 @@ def load(directory: str | os.PathLike, model: nn.Module | None = None,
     ``model``), factorized modules from ``lowrank.json``, tensors from ``model.safetensors``.
 
     The result's outputs equal those of the model that was saved (bit-identical on the same
-    machine). Raises :class:`ModelFileError` for a missing/malformed/newer manifest or tensors
-    that the safetensors file lacks.
+    machine). Raises :class:`ModelFileError` (one line naming the tensors) for a
+    missing/malformed/newer manifest, tensors missing from or unexpected in the safetensors file,
+    tensors whose stored shape differs from the model's (checked from the file header before
+    loading), and tensors holding NaN or inf (checked after loading): never a silently wrong
+    model.
     """
     from safetensors import safe_open
     from safetensors.torch import load_model
 
     directory = Path(directory)
     manifest = read_manifest(directory)
+    weights = directory / WEIGHTS
     try:
-        with safe_open(str(directory / WEIGHTS), framework="pt") as f:
-            stored = set(f.keys())
+        with safe_open(str(weights), framework="pt") as f:
+            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as exc:  # corrupt header
-        raise ModelFileError(f"{directory / WEIGHTS} is not a readable safetensors file: "
+        raise ModelFileError(f"{weights} is not a readable safetensors file: "
                              f"{exc}") from exc
     listed = manifest.get("tensors") or []
     missing = [k for k in listed if k not in stored]
     if missing:
-        raise ModelFileError(f"{directory / WEIGHTS} lacks tensors named in {MANIFEST}: "
-                             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        raise ModelFileError(f"{weights} lacks {_count(missing, 'tensor')} named in "
+                             f"{MANIFEST}: {_names(missing)}")
     if model is None:
         model = _skeleton_from_config(directory, manifest)
     named = dict(model.named_modules())
@@ -206,16 +219,63 @@ def load(directory: str | os.PathLike, model: nn.Module | None = None,
             raise ModelFileError(f"{MANIFEST}: shape of '{name}' disagrees with the model")
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
+    _check_shapes(weights, stored, model)
     try:
-        missing_keys, unexpected = load_model(model, str(directory / WEIGHTS), strict=False)
+        missing_keys, unexpected = load_model(model, str(weights), strict=False)
     except RuntimeError as exc:
-        raise ModelFileError(f"{directory / WEIGHTS} does not fit the model described by "
+        raise ModelFileError(f"{weights} does not fit the model described by "
                              f"{MANIFEST}: {str(exc).splitlines()[0]}") from exc
     if missing_keys or unexpected:
-        bad = list(missing_keys)[:3] + list(unexpected)[:3]
-        raise ModelFileError(f"{directory / WEIGHTS} does not match the model: missing or "
-                             f"unexpected tensors {bad}")
+        parts = [f"{_count(keys, f'{what} tensor')} ({_names(keys)})"
+                 for what, keys in (("missing", sorted(missing_keys)),
+                                    ("unexpected", sorted(unexpected))) if keys]
+        raise ModelFileError(f"{weights} does not match the model described by {MANIFEST}: "
+                             + ", ".join(parts))
+    _check_finite(weights, stored, model)
     model.lowrank_manifest = {k: manifest.get(k) for k in ("method", "base_model")}
     if device is not None:
         model.to(device)
     return model.eval()
+
+
+def _count(items: Any, noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
+def _names(items: Iterable[str], first: int = 5) -> str:
+    """``a, b, c`` or ``a, b, c, d, e and 7 more``: a bounded list for one-line messages."""
+    items = list(items)
+    shown = ", ".join(items[:first])
+    return shown + (f" and {len(items) - first} more" if len(items) > first else "")
+
+
+def _shape(shape: Iterable[int]) -> str:
+    return "(" + ", ".join(str(int(d)) for d in shape) + ")"
+
+
+def _check_shapes(weights: Path, stored: dict[str, tuple[int, ...]], model: nn.Module) -> None:
+    """Refuse stored tensors whose shape differs from the model's (read from the header only,
+    before anything is loaded), naming each tensor with the expected and the stored shape."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    wrong = [f"{k} expected {_shape(expected[k])}, stored {_shape(shape)}"
+             for k, shape in stored.items() if k in expected and expected[k] != shape]
+    if wrong:
+        verb = "has" if len(wrong) == 1 else "have"
+        raise ModelFileError(f"{weights}: {_count(wrong, 'tensor')} {verb} the wrong shape for "
+                             f"the model described by {MANIFEST}: {_names(wrong, 3)}")
+
+
+def _check_finite(weights: Path, stored: dict[str, tuple[int, ...]], model: nn.Module) -> None:
+    """Refuse NaN or inf in any floating tensor that came from the file (one cheap
+    ``isfinite().all()`` per tensor; values are counted only for the bad ones)."""
+    bad = []
+    for key, tensor in model.state_dict().items():
+        if key in stored and (tensor.is_floating_point() or tensor.is_complex()):
+            finite = torch.isfinite(tensor)
+            if not bool(finite.all()):
+                count = int(finite.numel() - finite.sum())
+                bad.append(f"{key} ({count} of {finite.numel()} values)")
+    if bad:
+        verb = "holds" if len(bad) == 1 else "hold"
+        raise ModelFileError(f"{weights}: {_count(bad, 'tensor')} {verb} NaN or inf: "
+                             f"{_names(bad, 3)}; expected finite weights")

@@ -99,10 +99,13 @@ def adapter_state_dict(model: nn.Module) -> dict[str, Any]:
 
 
 def save_eora_adapter(model: nn.Module, directory: str | os.PathLike,
-                      base_model_name_or_path: str | None = None) -> Path:
+                      base_model_name_or_path: str | None = None, *,
+                      overwrite: bool = False) -> Path:
     """Write the model's EoRA compensations as a PEFT LoRA adapter into ``directory``.
 
-    ``directory`` is replaced atomically (a crash leaves the old one or none). Apply the
+    ``directory`` is replaced atomically (a crash leaves the old one or none); it may
+    replace a previous lowrank output, another non-empty directory only with ``overwrite``.
+    Apply the
     adapter to a model whose targeted layers hold the compressed weights ``W_c``
     (``ResidualLowRankLinear.base_to_linear``), e.g. ``peft.PeftModel.from_pretrained(base,
     directory)``. ``base_model_name_or_path`` defaults to the model's recorded base model.
@@ -112,7 +115,7 @@ def save_eora_adapter(model: nn.Module, directory: str | os.PathLike,
 
     config = adapter_config(model, base_model_name_or_path)
     tensors = adapter_state_dict(model)
-    with atomic_directory(directory) as tmp:
+    with atomic_directory(directory, overwrite=overwrite, kind="adapter") as tmp:
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2), encoding="utf-8")
     return Path(directory)

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import torch
 
+from ..utils.checks import check_finite, check_int
+
 
 def ridge_leverage_scores(corr: torch.Tensor, ridge: float = 1e-2) -> torch.Tensor:
     """``diag(C (C + lam I)^-1)`` with ``lam = ridge * trace(C) / d`` (float64)."""
     if corr.ndim != 2 or corr.shape[0] != corr.shape[1]:
         raise ValueError(f"a correlation matrix must be square, got {tuple(corr.shape)}")
-    if ridge <= 0:
-        raise ValueError(f"ridge must be > 0, got {ridge}")
+    check_finite("ridge", ridge, 0, low_open=True)
     c = corr.to(torch.float64)
     c = 0.5 * (c + c.T)
     lam, q = torch.linalg.eigh(c)
@@ -31,8 +32,7 @@ def ridge_leverage_scores(corr: torch.Tensor, ridge: float = 1e-2) -> torch.Tens
 
 def select_columns(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the ``k`` largest scores, in increasing index order (ties: lower index)."""
-    if not 1 <= k <= scores.numel():
-        raise ValueError(f"k must be in [1, {scores.numel()}], got {k}")
+    check_int("k", k, 1, scores.numel())
     order = torch.argsort(-scores.to(torch.float64), stable=True)[:k]
     return order.sort().values
 
@@ -45,6 +45,7 @@ def nystrom_correct(corr: torch.Tensor, keep: torch.Tensor, weight: torch.Tensor
     ``nn.Linear`` weight ``W_D`` (out x d) pass ``W_D.T`` and transpose the result back. With
     all columns kept and ``C`` invertible this returns ``W`` itself.
     """
+    check_finite("rcond", rcond, 0)
     c = corr.to(torch.float64)
     css = c[keep][:, keep]
     rhs = c[keep] @ weight.to(torch.float64)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..utils.checks import check_int
+
 
 @dataclass
 class SparseCode:
@@ -44,8 +46,7 @@ def omp(dictionary: torch.Tensor, signals: torch.Tensor, sparsity: int) -> Spars
         raise ValueError(f"omp needs a dictionary (n x k) and signals (n x m) with the same n, "
                          f"got {tuple(dictionary.shape)} and {tuple(signals.shape)}")
     k = dictionary.shape[1]
-    if not 1 <= sparsity <= k:
-        raise ValueError(f"sparsity must be in [1, {k}] (atoms per signal), got {sparsity}")
+    check_int("sparsity", sparsity, 1, k)  # atoms per signal
     dtype = dictionary.dtype
     dev = dictionary.device
     norms = dictionary.norm(dim=0)
@@ -130,11 +131,10 @@ def ksvd(signals: torch.Tensor, num_atoms: int, sparsity: int, iters: int = 5,
     at least as good as the rank-``num_atoms`` truncated SVD.
     """
     n, m = signals.shape
-    if not 1 <= sparsity <= num_atoms:
-        raise ValueError(f"need 1 <= sparsity <= num_atoms, got sparsity={sparsity}, "
-                         f"num_atoms={num_atoms}")
-    if iters < 0:
-        raise ValueError(f"iters must be >= 0, got {iters}")
+    check_int("num_atoms", num_atoms)
+    check_int("sparsity", sparsity, 1, num_atoms)
+    check_int("iters", iters, 0)
+    check_int("seed", seed, 0)
     y = signals
     total = float(y.norm()) or 1.0
     u, sv, _ = torch.linalg.svd(y, full_matrices=False)

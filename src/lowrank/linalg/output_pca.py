@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 import torch
 
+from ..utils.checks import check_int
+
 
 class OutputMoments(NamedTuple):
     """``E[y y^T]`` (m x m) and ``E[y]`` (m) over the calibration tokens."""
@@ -84,9 +86,7 @@ def output_pca(matrix: torch.Tensor, k: int | None = None) -> PCA:
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"output_pca expects a square matrix, got shape {tuple(matrix.shape)}")
     m = matrix.shape[0]
-    k = m if k is None else k
-    if not 0 <= k <= m:
-        raise ValueError(f"k must be in [0, {m}], got {k}")
+    k = m if k is None else check_int("k", k, 0, m)
     sym = matrix.to(torch.float64)
     if not torch.isfinite(sym).all():
         raise ValueError("output_pca: the matrix has non-finite entries")

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..utils.checks import check_finite_values, check_int, check_rank
+
 
 @dataclass
 class TruncatedSVD:
@@ -41,9 +43,11 @@ def truncated_svd(matrix: torch.Tensor, rank: int | None = None) -> TruncatedSVD
     """
     if matrix.ndim != 2:
         raise ValueError(f"truncated_svd expects a 2-D matrix, got shape {tuple(matrix.shape)}")
+    if rank is not None:
+        _check_rank(rank, matrix)
+    check_finite_values("matrix", matrix)
     U, S, Vh = torch.linalg.svd(matrix, full_matrices=False)
     if rank is not None:
-        _check_rank(rank, min(matrix.shape))
         U, S, Vh = U[:, :rank], S[:rank], Vh[:rank]
     return TruncatedSVD(U, S, Vh)
 
@@ -65,24 +69,30 @@ def randomized_svd(
     ``10 * sqrt(2/pi) * max_i ||(I - QQ^T) M w_i||`` over ``error_probes`` Gaussian vectors, which
     bounds the spectral error with probability at least ``1 - 10^-error_probes`` (Halko et al.,
     eq. 4.3). The estimate is returned so callers can check it against their tolerance.
+    Complex matrices are supported (conjugate transposes throughout).
     """
     if matrix.ndim != 2:
         raise ValueError(f"randomized_svd expects a 2-D matrix, got shape {tuple(matrix.shape)}")
     m, n = matrix.shape
-    _check_rank(rank, min(m, n))
+    _check_rank(rank, matrix)
+    check_int("oversample", oversample, 0)
+    check_int("power_iters", power_iters, 0)
+    check_int("seed", seed, 0)
+    check_int("error_probes", error_probes)
+    check_finite_values("matrix", matrix)
     width = min(rank + oversample, min(m, n))
     gen = torch.Generator(device="cpu").manual_seed(seed)
     omega = torch.randn(n, width, generator=gen, dtype=matrix.dtype).to(matrix.device)
     Q, _ = torch.linalg.qr(matrix @ omega)
     for _ in range(power_iters):
-        Z, _ = torch.linalg.qr(matrix.T @ Q)
+        Z, _ = torch.linalg.qr(matrix.mH @ Q)
         Q, _ = torch.linalg.qr(matrix @ Z)
-    small = Q.T @ matrix
+    small = Q.mH @ matrix
     Uh, S, Vh = torch.linalg.svd(small, full_matrices=False)
     U = Q @ Uh
     probes = torch.randn(n, error_probes, generator=gen, dtype=matrix.dtype).to(matrix.device)
     residual = matrix @ probes
-    residual = residual - Q @ (Q.T @ residual)
+    residual = residual - Q @ (Q.mH @ residual)
     bound = 10.0 * (2.0 / torch.pi) ** 0.5 * residual.norm(dim=0).max().item()
     return TruncatedSVD(U[:, :rank], S[:rank], Vh[:rank], error_bound=bound)
 
@@ -95,11 +105,12 @@ def split_singular_values(
     Splitting the singular values evenly keeps both factors equally conditioned, which matters
     for later fine-tuning of the factors.
     """
-    _check_rank(rank, svd.rank)
+    check_rank(rank, svd.rank, f"this rank-{svd.rank} decomposition", low=0)
     root = svd.S[:rank].clamp_min(0).sqrt()
     return svd.U[:, :rank] * root, root[:, None] * svd.Vh[:rank]
 
 
-def _check_rank(rank: int, limit: int) -> None:
-    if not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank <= limit:
-        raise ValueError(f"rank must be an int in [0, {limit}], got {rank!r}")
+def _check_rank(rank: int, matrix: torch.Tensor) -> None:
+    """An int in ``[0, min(m, n)]``; rank 0 is the zero approximation (Eckart-Young)."""
+    m, n = matrix.shape
+    check_rank(rank, min(m, n), f"a {m}x{n} matrix", low=0)

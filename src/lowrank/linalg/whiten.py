@@ -14,6 +14,7 @@ from typing import Protocol
 
 import torch
 
+from ..utils.checks import check_finite
 from .svd import TruncatedSVD, randomized_svd, split_singular_values, truncated_svd
 
 
@@ -80,8 +81,7 @@ def sqrt_gram(gram: torch.Tensor, floor: float = 1e-6) -> GramRoot:
     """
     if gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
         raise ValueError(f"sqrt_gram expects a square matrix, got shape {tuple(gram.shape)}")
-    if not 0 < floor < 1:
-        raise ValueError(f"floor must be in (0, 1), got {floor!r}")
+    check_finite("floor", floor, 0, 1, low_open=True, high_open=True)
     g = gram.to(torch.float64)
     if not torch.isfinite(g).all():
         raise ValueError("sqrt_gram: the Gram matrix has non-finite entries")

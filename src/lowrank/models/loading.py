@@ -7,6 +7,9 @@ Only this module, ``io/`` and ``calib/data`` import transformers, and only when 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +17,7 @@ from typing import Any, Literal
 from torch import nn
 
 from ..errors import ModelFileError
+from ..io.checkpoint import MANIFEST
 
 ModelKind = Literal["encoder", "causal-lm", "vision"]
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
@@ -105,10 +109,14 @@ def peek_kind(name_or_path: str | os.PathLike | None) -> ModelKind | None:
     :func:`load_model` reports the problem)."""
     if name_or_path is None:
         return "encoder"  # the embedded MiniLM
+    path = Path(name_or_path)
+    if not path.exists():
+        path = _cached_snapshot(str(name_or_path))
+        if path is None:  # neither a directory nor cached (never asks the network)
+            return None
     try:
         transformers = _require_transformers()
-        config = transformers.AutoConfig.from_pretrained(str(name_or_path),
-                                                         local_files_only=True)
+        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
     except Exception:  # noqa: BLE001 - not readable: load_model says why
         return None
     return model_kind(config)
@@ -133,37 +141,41 @@ def load_model(
     decoder-only language models with ``AutoModelForCausalLM``; vision models (see
     :func:`model_kind`) with ``AutoModel``, no tokenizer, and ``AutoImageProcessor`` only when
     the directory has a ``preprocessor_config.json``.
+
+    Offline, always: a hub id is looked up in the local Hugging Face cache only (every
+    transformers call passes ``local_files_only=True``, whatever ``HF_HUB_OFFLINE`` says), and a
+    name that is neither a directory nor cached fails at once. Weights are never initialised at
+    random behind the caller's back: see :func:`check_loading_info`. A ``lowrank`` output
+    directory is refused with a pointer to :func:`lowrank.load`.
     """
     transformers = _require_transformers()
     transformers.utils.logging.disable_progress_bar()
     if name_or_path is None:
         path, name = default_model_path(), DEFAULT_MODEL_NAME
     else:
-        path, name = Path(name_or_path), str(name_or_path)
-        if path.exists() and not (path / "config.json").is_file():
-            raise ModelFileError(
-                f"model path '{name_or_path}' holds no model: expected a config.json "
-                "(a Hugging Face model directory)"
-            )
-        looks_local = str(name_or_path).startswith((".", "/", "~")) or \
-            str(name_or_path).count("/") > 1
-        if not path.exists() and looks_local:
-            raise ModelFileError(
-                f"model path '{name_or_path}' does not exist: expected a Hugging Face model "
-                "directory or a hub id already in the local cache"
-            )
+        path, name = _resolve(name_or_path), str(name_or_path)
     try:
-        config = transformers.AutoConfig.from_pretrained(str(path))
+        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
         kind = model_kind(config)
         auto = transformers.AutoModelForCausalLM if kind == "causal-lm" else transformers.AutoModel
-        model = auto.from_pretrained(str(path))
+        with _quiet_transformers(transformers):
+            # mismatched shapes are reported in the loading info (and refused below) rather
+            # than raised as a multi-line RuntimeError
+            model, info = auto.from_pretrained(str(path), local_files_only=True,
+                                               output_loading_info=True,
+                                               ignore_mismatched_sizes=True)
+        check_loading_info(model, info, name)
         tokenizer = processor = None
         if kind == "vision":
-            if _has_file(transformers, path, name, "preprocessor_config.json"):
-                processor = transformers.AutoImageProcessor.from_pretrained(str(path))
+            if (path / "preprocessor_config.json").is_file():
+                processor = transformers.AutoImageProcessor.from_pretrained(
+                    str(path), local_files_only=True)
         else:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
+            tokenizer = transformers.AutoTokenizer.from_pretrained(str(path),
+                                                                   local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
+        if isinstance(exc, ModelFileError):
+            raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelFileError(
             f"could not load model '{name}': {first} (expected a Hugging Face model directory "
@@ -172,14 +184,141 @@ def load_model(
     if device is not None:
         model.to(device)
     model.eval()
-    if not path.exists():  # a hub id resolved from the local cache
-        path = Path(transformers.utils.cached_file(name, "config.json")).parent
     return LoadedModel(model, tokenizer, kind, name, path, processor)
 
 
-def _has_file(transformers: Any, path: Path, name: str, filename: str) -> bool:
+def _resolve(name_or_path: str | os.PathLike) -> Path:
+    """The local directory of ``name_or_path``: the path itself, or the snapshot folder of a hub
+    id in the local Hugging Face cache. Never touches the network."""
+    path = Path(name_or_path)
     if path.exists():
-        return (path / filename).is_file()
-    found = transformers.utils.cached_file(name, filename, local_files_only=True,
-                                           _raise_exceptions_for_missing_entries=False)
-    return bool(found)
+        if not (path / "config.json").is_file():
+            raise ModelFileError(
+                f"model path '{name_or_path}' holds no model: expected a config.json "
+                "(a Hugging Face model directory)"
+            )
+        if (path / MANIFEST).is_file():
+            raise ModelFileError(
+                f"'{name_or_path}' is a lowrank output directory (it has {MANIFEST}; its "
+                "config.json describes the dense base model, its weights are factors): load it "
+                f"with lowrank.load('{name_or_path}') or `lowrank eval {name_or_path}`, not as "
+                "a Hugging Face model, which would evaluate randomly initialised dense weights"
+            )
+        return path
+    text = str(name_or_path)
+    if text.startswith((".", "/", "~")) or text.count("/") > 1:
+        raise ModelFileError(
+            f"model path '{name_or_path}' does not exist: expected a Hugging Face model "
+            "directory or a hub id already in the local cache"
+        )
+    snapshot = _cached_snapshot(text)
+    if snapshot is None:
+        raise ModelFileError(
+            f"model '{name_or_path}' is neither a directory nor a hub id in the local cache "
+            f"({_hub_cache()}): expected a Hugging Face model directory, or a hub id downloaded "
+            "beforehand; this toolkit never downloads at run time"
+        )
+    return snapshot
+
+
+def _cached_snapshot(repo_id: str) -> Path | None:
+    """The snapshot folder of hub id ``repo_id`` in the local Hugging Face cache (its ``main``
+    revision), or ``None``: a look at the file system only.
+
+    Not ``transformers.utils.cached_file(..., local_files_only=True)``: recent huggingface_hub
+    versions still open a connection from it (to build request headers), so a typo would
+    reach for the network before failing.
+    """
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # noqa: BLE001 - not a valid hub id: not in the cache either
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def _hub_cache() -> str:
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - transformers depends on huggingface_hub
+        return "HF_HUB_CACHE"
+    return str(constants.HF_HUB_CACHE)
+
+
+@contextmanager
+def _quiet_transformers(transformers: Any) -> Iterator[None]:
+    """Silence transformers' multi-line load report while loading: :func:`check_loading_info`
+    turns what it would warn about into one error line."""
+    logging = transformers.utils.logging
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
+def check_loading_info(model: nn.Module, info: dict[str, Any], name: str) -> None:
+    """Refuse a model whose weights transformers did not all load from the checkpoint.
+
+    ``info`` is ``from_pretrained(..., output_loading_info=True)``'s report. Weights that are
+    missing (initialised at random), unexpected (not used) or of another shape are an error,
+    except what transformers itself declares harmless: keys matching the model class's
+    ``_keys_to_ignore_on_load_missing`` / ``_keys_to_ignore_on_load_unexpected`` patterns,
+    missing weights tied to a loaded one (an LM head sharing the embedding), and stored values
+    of buffers that the model computes itself (non-persistent ``position_ids``). Recent
+    transformers versions already drop these from the report (with their own legacy patterns
+    such as old per-layer rotary ``inv_freq``); the rule is applied here too so that the
+    outcome does not depend on the version. Nothing is allowed by name for any particular
+    model: a checkpoint without the weights of a layer its config declares (say a BERT saved
+    without its pooler while the config builds one) is refused, because that layer would be
+    random.
+    """
+    def patterns(attr: str) -> list[re.Pattern[str]]:
+        return [re.compile(p) for p in (getattr(model, attr, None) or [])]
+
+    ignore_missing = patterns("_keys_to_ignore_on_load_missing")
+    ignore_unexpected = patterns("_keys_to_ignore_on_load_unexpected")
+    buffers = {n for n, _ in model.named_buffers()}
+    missing_all = set(info.get("missing_keys") or ())
+    state = model.state_dict(keep_vars=True)
+    loaded = {id(t) for k, t in state.items() if k not in missing_all}
+    missing = sorted(
+        k for k in missing_all
+        if not any(p.search(k) for p in ignore_missing)
+        and not (k in state and id(state[k]) in loaded)  # tied to a loaded weight
+    )
+    unexpected = sorted(
+        k for k in info.get("unexpected_keys") or ()
+        if not any(p.search(k) for p in ignore_unexpected)
+        and k not in buffers
+    )
+    mismatched = sorted(
+        f"{k} expected {_shape(model_shape)}, stored {_shape(stored)}"
+        for k, stored, model_shape in info.get("mismatched_keys") or ()
+    )
+    errors = [str(e).strip().splitlines()[0] for e in info.get("error_msgs") or () if str(e)]
+    if not (missing or unexpected or mismatched or errors):
+        return
+    parts = [what.format(n=len(keys), s="" if len(keys) == 1 else "s") + f" ({_names(keys)})"
+             for what, keys in (("{n} weight{s} missing from the checkpoint", missing),
+                                ("{n} unexpected weight{s}", unexpected),
+                                ("{n} weight{s} of the wrong shape", mismatched),
+                                ("{n} load error{s}", errors)) if keys]
+    hint = ""
+    if any(k.endswith((".A", ".B")) for k in unexpected):
+        hint = (" (its tensors look like lowrank factors: a lowrank output that lost its "
+                f"{MANIFEST}?)")
+    raise ModelFileError(f"model '{name}' does not match its config.json: {'; '.join(parts)}"
+                         f"{hint}; lowrank refuses to use weights that transformers would "
+                         "initialise at random or drop")
+
+
+def _names(items: list[str], first: int = 3) -> str:
+    shown = ", ".join(items[:first])
+    return shown + (f" and {len(items) - first} more" if len(items) > first else "")
+
+
+def _shape(shape: Any) -> str:
+    return "(" + ", ".join(str(int(d)) for d in shape) + ")"

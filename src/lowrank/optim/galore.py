@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, LowRankError
+from ..utils.checks import check_finite, check_int
 from . import projectors as pj
 
 GALORE_DEFAULTS: dict[str, Any] = {
@@ -34,15 +35,31 @@ GALORE_DEFAULTS: dict[str, Any] = {
 INNER = ("adamw", "sgd")
 # state keys of a projector: dense bases or int32 DCT indices; "*_right" only for proj_type full
 BASIS_KEYS = ("basis", "basis_right", "dct_idx", "dct_idx_right")
+# group keys that define a projected group's state: a saved state must agree on all of them
+PROJECTION_KEYS = ("rank", *GALORE_DEFAULTS)
 
 
-def _check_group(group: dict) -> None:
-    rank = group["rank"]
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ConfigError(f"rank must be a positive int, got {rank!r}")
-    gap = group["update_proj_gap"]
-    if isinstance(gap, bool) or not isinstance(gap, int) or gap < 1:
-        raise ConfigError(f"update_proj_gap must be a positive int, got {gap!r}")
+def _check_hyper(group: dict, where: str = "") -> None:
+    """The AdamW hyper-parameters of any group: finite and in range (``where`` names the
+    group in the message)."""
+    for key in ("lr", "eps", "weight_decay"):
+        check_finite(key + where, group[key], 0)
+    betas = group["betas"]
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ConfigError(f"betas{where} must be a pair (beta1, beta2), got {betas!r}")
+    for k, beta in enumerate(betas):
+        check_finite(f"betas[{k}]{where}", beta, 0, 1, high_open=True)
+
+
+def _check_group(group: dict, where: str = "") -> None:
+    check_int("rank" + where, group["rank"])
+    check_int("update_proj_gap" + where, group["update_proj_gap"])
+    check_finite("scale" + where, group["scale"], 0, low_open=True)
+    check_int("rsvd_oversample" + where, group["rsvd_oversample"], 0)
+    check_int("rsvd_power_iters" + where, group["rsvd_power_iters"], 0)
+    check_int("seed" + where, group["seed"], 0)
+    if not isinstance(group["stagger"], bool):
+        raise ConfigError(f"stagger{where} must be True or False, got {group['stagger']!r}")
     if group["basis"] not in pj.BASES:
         raise ConfigError(f"basis must be one of {pj.BASES}, got {group['basis']!r}")
     if group["proj_type"] not in pj.PROJ_TYPES:
@@ -52,6 +69,10 @@ def _check_group(group: dict) -> None:
         raise ConfigError(f"inner must be one of {INNER}, got {group['inner']!r}")
     if group["dct_norm"] not in (1, 2):
         raise ConfigError(f"dct_norm must be 1 or 2, got {group['dct_norm']!r}")
+
+
+def _check_params(group: dict) -> None:
+    """The parameters of a projected group: whole 2-D matrices."""
     for p in group["params"]:
         if type(p).__name__ == "DTensor":
             raise LowRankError(
@@ -80,13 +101,9 @@ class GaLoreAdamW(torch.optim.Optimizer):
     def __init__(self, params: Iterable, lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2) -> None:
-        if lr < 0 or eps < 0 or weight_decay < 0:
-            raise ConfigError(f"lr, eps and weight_decay must be >= 0, got lr={lr}, eps={eps}, "
-                              f"weight_decay={weight_decay}")
-        if not all(0.0 <= b < 1.0 for b in betas):
-            raise ConfigError(f"betas must lie in [0, 1), got {betas}")
-        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps,
-                                  "weight_decay": weight_decay})
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+        _check_hyper(defaults)
+        super().__init__(params, {**defaults, "betas": tuple(betas)})
         self.refresh_seconds = 0.0  # wall time spent computing bases (not part of the state)
         self.refresh_count = 0
         self._per_layer = False
@@ -94,13 +111,18 @@ class GaLoreAdamW(torch.optim.Optimizer):
         self._dct_columns: dict[int, tuple[int, pj.Basis]] = {}
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group; a group with ``rank`` gets the GaLore defaults and is validated."""
+        """Add a group after validating its hyper-parameters; a group with ``rank`` gets the
+        GaLore defaults."""
         if param_group.get("rank") is not None:
             for key, value in GALORE_DEFAULTS.items():
                 param_group.setdefault(key, value)
+        where = f" of param group {len(self.param_groups)}"
+        _check_hyper({**self.defaults, **param_group}, where)
+        if param_group.get("rank") is not None:
+            _check_group(param_group, where)
         super().add_param_group(param_group)
         if param_group.get("rank") is not None:
-            _check_group(self.param_groups[-1])
+            _check_params(self.param_groups[-1])
 
     # -- state -------------------------------------------------------------------------------
     def _index(self) -> dict[int, tuple[int, int, int]]:
@@ -115,7 +137,18 @@ class GaLoreAdamW(torch.optim.Optimizer):
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict; tensors move to their parameter's device (indices stay int32)."""
+        """Load a state dict; tensors move to their parameter's device (indices stay int32).
+
+        The saved groups must agree with this optimizer's on the keys that define the
+        projection (``rank``, ``proj_type``, ``basis``, ``update_proj_gap``, ...): the saved
+        bases and moments were built for them, and torch would otherwise silently replace
+        the configured values by the saved ones. Other hyper-parameters (``lr``, ...) are
+        restored from the state, as in torch.
+        """
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) == len(self.param_groups):
+            for i, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True)):
+                _check_same_projection(i, saved, group)
         super().load_state_dict(state_dict)
         for group in self.param_groups:
             for p in group["params"]:
@@ -296,6 +329,17 @@ class GaLoreAdamW(torch.optim.Optimizer):
         return handles
 
 
+def _check_same_projection(index: int, saved: dict, group: dict) -> None:
+    keys = PROJECTION_KEYS if group.get("rank") is not None or saved.get("rank") is not None \
+        else ()
+    for key in keys:
+        if saved.get(key) != group.get(key):
+            raise ConfigError(
+                f"param group {index}: the saved optimizer state has {key}={saved.get(key)!r} "
+                f"but this optimizer is configured with {key}={group.get(key)!r}; load a state "
+                "saved with the same projection settings, or configure the optimizer as saved")
+
+
 def check_distributed_wrapper(model: nn.Module) -> None:
     """Raise when ``model`` is wrapped by a sharding engine that flattens parameters.
 
@@ -329,6 +373,8 @@ def galore_groups(model: nn.Module, targets: Any = "all-linear", rank: int = 128
     projected = [m.weight for m in chosen.values() if m.weight.requires_grad]
     ids = {id(p) for p in projected}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-    group = {"params": projected, "rank": int(rank), "update_proj_gap": int(update_proj_gap),
-             "scale": float(scale), "proj_type": proj_type, "basis": basis, **extra}
+    group = {"params": projected, "rank": check_int("rank", rank),
+             "update_proj_gap": check_int("update_proj_gap", update_proj_gap),
+             "scale": check_finite("scale", scale, 0, low_open=True), "proj_type": proj_type,
+             "basis": basis, **extra}
     return [g for g in ({"params": rest}, group) if g["params"]]

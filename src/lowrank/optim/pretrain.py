@@ -11,6 +11,7 @@ tokenizer (vocabulary 256: every UTF-8 byte is a token, so nothing is downloaded
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -57,12 +58,35 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
-        for key in ("steps", "batch_size", "seq_len", "hidden", "layers", "rank"):
+        for key in ("steps", "batch_size", "seq_len", "hidden", "layers", "heads", "kv_heads",
+                    "intermediate", "rank", "update_proj_gap", "eval_batches"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{key} must be a positive int, got {value!r}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be an int >= 0, got {self.seed!r}")
+        for key in ("lr", "scale", "sl_alpha", "lost_gamma"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"{key} must be a finite number > 0, got {value!r}")
+        for key in ("weight_decay", "warmup", "sl_density", "lost_sparsity"):
+            value = getattr(self, key)  # fractions (weight decay: decoupled, per step)
+            if not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ConfigError(f"{key} must be a number in [0, 1], got {value!r}")
+        if self.hidden % self.heads or self.heads % self.kv_heads:
+            raise ConfigError(f"hidden {self.hidden} must be a multiple of heads {self.heads}, "
+                              f"and heads a multiple of kv_heads {self.kv_heads}")
+        if self.rank > self.hidden:
+            raise ConfigError(f"rank {self.rank} exceeds the model width {self.hidden} (the "
+                              "smaller side of every projected matrix): use --rank "
+                              f"{self.hidden} or less")
+        if self.per_layer and (not self.method.startswith("galore")
+                               or self.method == "galore-torch"):
+            raise ConfigError(f"--per-layer is available for galore methods, not "
+                              f"{self.method!r}")
+        if self.method == "galore-torch" and importlib.util.find_spec("galore_torch") is None:
+            raise ConfigError("method 'galore-torch' needs the reference package: "
+                              "pip install galore-torch")
 
 
 @dataclass
@@ -266,11 +290,8 @@ def pretrain(cfg: PretrainConfig, data: tuple[torch.Tensor, torch.Tensor] | None
     est = estimate_memory(model, opt, per_layer=cfg.per_layer)
     if log is not None:
         log(str(est))
-    if cfg.per_layer:
-        if cfg.method.startswith("galore") and cfg.method != "galore-torch":
-            opt.enable_per_layer(model)
-        else:
-            raise ConfigError(f"--per-layer is available for galore methods, not {cfg.method!r}")
+    if cfg.per_layer:  # galore methods only (checked by the config)
+        opt.enable_per_layer(model)
     warm = max(1, int(cfg.warmup * cfg.steps))
 
     def schedule(step: int) -> float:  # linear warmup, cosine down to 10%

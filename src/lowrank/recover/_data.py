@@ -9,13 +9,15 @@ observed ones.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from lowrank.errors import ConfigError, DataError
+from lowrank.errors import DataError, LowRankError
+from lowrank.utils.checks import check_finite_values, check_int, check_real
 
 ArrayLike = Any  # numpy.ndarray | torch.Tensor | scipy.sparse matrix
 
@@ -60,6 +62,7 @@ def to_tensor(x: Any, name: str, dtype: torch.dtype = torch.float64,
     if isinstance(x, torch.Tensor):
         if x.layout != torch.strided:
             x = x.to_dense()
+        check_real(name, x)
         t = x.detach()
     else:
         try:
@@ -69,23 +72,12 @@ def to_tensor(x: Any, name: str, dtype: torch.dtype = torch.float64,
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number)
                                        or arr.dtype == bool):
             raise DataError(f"{name} must hold numbers, got an array of dtype {arr.dtype}")
+        check_real(name, arr)
         arr = np.ascontiguousarray(arr)
         if not arr.flags.writeable:
             arr = arr.copy()
         t = torch.from_numpy(arr)
     return t.to(device=device if device is not None else t.device, dtype=dtype)
-
-
-def check_rank(rank: Any, limit: int | None, what: str) -> int:
-    """Validate a target rank: a positive int, at most ``limit`` when given."""
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
-        raise ConfigError(f"rank must be a positive int, got {rank!r}")
-    rank = int(rank)
-    if rank < 1:
-        raise ConfigError(f"rank must be a positive int, got {rank}")
-    if limit is not None and rank > limit:
-        raise ConfigError(f"rank {rank} exceeds the largest possible rank {limit} of {what}")
-    return rank
 
 
 @dataclass
@@ -144,6 +136,7 @@ def observe(M: Any, mask: Any = None, *, dtype: torch.dtype = torch.float64,
     whose stored entries (explicit zeros included) are the observations.
     """
     like = like_of(M)
+    hint = ""  # how to mark a missing entry instead of storing a non-finite value
     if is_scipy_sparse(M):
         if mask is not None:
             raise DataError("a sparse matrix lists its observed entries itself; pass "
@@ -153,6 +146,7 @@ def observe(M: Any, mask: Any = None, *, dtype: torch.dtype = torch.float64,
         # through CSR: summing duplicates sorts within each row (linear in practice), where
         # COO's sum_duplicates sorts all entries at once; same row-major entries either way
         csr = M.tocsr(copy=True)
+        check_real("M", csr.data)
         csr.sum_duplicates()
         shape = (int(csr.shape[0]), int(csr.shape[1]))
         dev = torch.device(device) if device is not None else torch.device("cpu")
@@ -168,6 +162,7 @@ def observe(M: Any, mask: Any = None, *, dtype: torch.dtype = torch.float64,
         if M.ndim != 2:
             raise DataError(f"expected a 2-D matrix, got shape {tuple(M.shape)}")
         coo = M.detach().to_sparse_coo().coalesce()
+        check_real("M", coo.values())
         dev = torch.device(device) if device is not None else M.device
         rows, cols = coo.indices().to(dev)
         vals = coo.values().to(dev, dtype)
@@ -179,8 +174,10 @@ def observe(M: Any, mask: Any = None, *, dtype: torch.dtype = torch.float64,
         shape = (int(X.shape[0]), int(X.shape[1]))
         if mask is None:
             m = ~torch.isnan(X)
+            hint = " (NaN marks a missing entry)"
         else:
             m = _check_mask(mask, shape, X.device)
+            hint = " (mark missing entries False in the mask instead)"
         rows, cols = torch.nonzero(m, as_tuple=True)
         vals = X[rows, cols]
     if min(shape) < 1:
@@ -188,11 +185,36 @@ def observe(M: Any, mask: Any = None, *, dtype: torch.dtype = torch.float64,
     if vals.numel() == 0:
         raise DataError(f"no observed entries in the {shape[0]}x{shape[1]} matrix; expected "
                         "at least one (mask all False, or every entry NaN)")
-    if not torch.all(torch.isfinite(vals)):
-        bad = int((~torch.isfinite(vals)).sum())
-        raise DataError(f"{bad} observed entries are NaN or infinite; observed values must be "
-                        "finite (mark missing entries in the mask instead)")
+    check_finite_values("M", vals, what="observed entries", hint=hint)
     return Observed(rows, cols, vals, shape, like)
+
+
+def pow2_exponent(x: torch.Tensor) -> int:
+    """An even ``e`` with ``max|x| / 2**e`` in ``[1/4, 1)`` (0 when ``x`` is all zero).
+
+    The solvers divide their data by ``2**e`` (exact, a power of two) and multiply the result
+    back (each of two factors by ``2**(e/2)``), so that squares and norms of data near either
+    end of the floating-point range neither overflow nor underflow. ``e`` is clamped to keep
+    ``2**e`` and ``2**-e`` normal numbers of ``x``'s dtype.
+    """
+    top = float(x.abs().max()) if x.numel() else 0.0
+    if top == 0.0:
+        return 0
+    e = math.frexp(top)[1]
+    limit = math.frexp(torch.finfo(x.dtype).max)[1] - 2  # 1022 for float64
+    return min(max(e + e % 2, -limit), limit)
+
+
+def check_result(func: str, *parts: torch.Tensor, loss: float = 0.0, hint: str = "") -> None:
+    """Refuse to return the result of the solver ``func`` when it diverged: non-finite values
+    in ``parts`` or a non-finite final ``loss``."""
+    for x in parts:
+        bad = int((~torch.isfinite(x)).sum())
+        if bad:
+            raise LowRankError(f"{func} diverged: {bad} of the {x.numel()} values of its result "
+                               f"are NaN or infinite{hint}")
+    if not math.isfinite(loss):
+        raise LowRankError(f"{func} diverged: its residual became {loss}{hint}")
 
 
 def default_device(device: torch.device | str | None, like: Like) -> torch.device:
@@ -203,5 +225,5 @@ def default_device(device: torch.device | str | None, like: Like) -> torch.devic
 
 def generator(seed: int | None, device: torch.device) -> torch.Generator:
     g = torch.Generator(device=device)
-    g.manual_seed(0 if seed is None else int(seed))
+    g.manual_seed(0 if seed is None else check_int("seed", seed, 0))
     return g

@@ -33,10 +33,10 @@ from typing import Any
 
 import torch
 
-from lowrank.errors import ConfigError
+from lowrank.utils.checks import check_finite, check_int, check_rank
 from lowrank.utils.progress import progress
 
-from ._data import Observed, check_rank, default_device, generator, observe
+from ._data import Observed, check_result, default_device, generator, observe, pow2_exponent
 
 
 @dataclass
@@ -230,11 +230,23 @@ def altmin(obs: Observed, rank: int, *, max_iter: int = 100, tol: float = 1e-10,
 
     ``history[t]`` is the relative observed residual ``||P_Omega(U V^T - M)|| / ||P_Omega M||``
     after iteration ``t``. ``cg_steps=None`` solves each row exactly (batched Cholesky-free
-    ``solve`` on ``k x k`` Grams, memory ``(m + n) k^2`` on CPU).
+    ``solve`` on ``k x k`` Grams, memory ``(m + n) k^2`` on CPU). The solver runs on the
+    values divided by a power of two near their largest magnitude (exact, see
+    :func:`pow2_exponent`), so data near the ends of the floating-point range is recovered
+    as accurately as data of unit size.
     """
+    check_int("max_iter", max_iter)
+    check_finite("tol", tol, 0)
+    if cg_steps is not None:
+        check_int("cg_steps", cg_steps)
+    check_finite("reg", reg, 0)
+    if trim is not None:
+        check_finite("trim", trim, 0, low_open=True)
     m, n = obs.shape
     k = rank
-    rows, cols, vals = obs.rows, obs.cols, obs.vals
+    e = pow2_exponent(obs.vals)
+    unit = 2.0 ** (e // 2)  # multiplies each factor back
+    rows, cols, vals = obs.rows, obs.cols, obs.vals * 2.0 ** -e
     gen = generator(seed, vals.device)
     vnorm = vals.norm()
     if vnorm == 0:
@@ -277,7 +289,7 @@ def altmin(obs: Observed, rank: int, *, max_iter: int = 100, tol: float = 1e-10,
         res = float((by_row.sddmm(U, V) - v_row).norm() / vnorm)
         history.append(res)
         if callback is not None:
-            callback(it, U, V)
+            callback(it, U * unit, V * unit)
         if not math.isfinite(res):
             break
         if res < tol:
@@ -286,7 +298,7 @@ def altmin(obs: Observed, rank: int, *, max_iter: int = 100, tol: float = 1e-10,
         if len(history) > 5 and history[-2] - res <= 1e-6 * history[-2]:
             converged = True  # stalled at the noise floor: further sweeps change nothing
             break
-    return U, V, history, converged
+    return U * unit, V * unit, history, converged
 
 
 def complete(M: Any, mask: Any = None, rank: int = 10, *, max_iter: int = 100,
@@ -325,12 +337,9 @@ def complete(M: Any, mask: Any = None, rank: int = 10, *, max_iter: int = 100,
     dev = default_device(device, obs.like)
     obs = Observed(obs.rows.to(dev), obs.cols.to(dev), obs.vals.to(dev), obs.shape, obs.like)
     rank = check_rank(rank, min(obs.shape), f"a {obs.shape[0]}x{obs.shape[1]} matrix")
-    if max_iter < 1:
-        raise ConfigError(f"max_iter must be at least 1, got {max_iter}")
-    if cg_steps is not None and cg_steps < 1:
-        raise ConfigError(f"cg_steps must be a positive int or None (exact), got {cg_steps}")
     U, V, history, converged = altmin(obs, rank, max_iter=max_iter, tol=tol, cg_steps=cg_steps,
                                       reg=reg, trim=trim, seed=seed, verbose=verbose)
+    check_result("complete", U, V, loss=history[-1], hint="; try reg > 0 or cg_steps=None")
     like = obs.like
     if return_factors:
         return Recovery(like.restore(U), like.restore(V), history, len(history), converged)

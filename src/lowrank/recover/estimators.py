@@ -22,8 +22,9 @@ from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from lowrank.errors import ConfigError, DataError
+from lowrank.utils.checks import check_finite, check_int, check_rank
 
-from ._data import check_rank, observe
+from ._data import observe
 from .complete import altmin
 from .impute import iterative_svd, soft_impute
 from .robust import robust, robust_pca
@@ -103,24 +104,27 @@ class MatrixCompletion(TransformerMixin, BaseEstimator):
         obs = observe(X)
         m, n = obs.shape
         k = check_rank(self.rank, min(m, n), f"the {m}x{n} training data")
+        check_finite("reg", self.reg, 0)
+        default = {"altmin": 100, "soft_impute": 100, "iterative_svd": 200}[self.method]
+        max_iter = default if self.max_iter is None else check_int("max_iter", self.max_iter)
         if self.method == "altmin":
-            U, V, hist, conv = altmin(obs, k, max_iter=self.max_iter or 100, tol=self.tol,
+            U, V, hist, conv = altmin(obs, k, max_iter=max_iter, tol=self.tol,
                                       cg_steps=self.cg_steps, reg=self.reg, seed=self.seed,
                                       verbose=self.verbose)
         else:
             mask = obs.dense_mask().numpy()
             dense = obs.dense_filled(0.0).numpy()
             if self.method == "soft_impute":
-                filled, hist = soft_impute(dense, mask, max_iters=self.max_iter or 100,
-                                           seed=self.seed, return_history=True)
+                filled, hist = soft_impute(dense, mask, max_iters=max_iter, seed=self.seed,
+                                           return_history=True)
             else:
                 filled, hist = iterative_svd(
                     dense, mask, rank=min(k, min(m, n) - 1) if min(m, n) > 1 else 1,
-                    max_iters=self.max_iter or 200, seed=self.seed, return_history=True,
+                    max_iters=max_iter, seed=self.seed, return_history=True,
                     svd_algorithm="arpack" if min(m, n) > 1 else "randomized")
             Ut, s, Vt = torch.linalg.svd(torch.from_numpy(filled), full_matrices=False)
             U, V = Ut[:, :k] * s[:k], Vt[:k].T
-            conv = len(hist) < (self.max_iter or (100 if self.method == "soft_impute" else 200))
+            conv = len(hist) < max_iter
         self.components_ = _components(U, V, k)
         self.row_factors_ = (U @ (V.T @ torch.from_numpy(self.components_).T)).numpy()
         self.n_iter_ = len(hist)
@@ -188,15 +192,17 @@ class RobustRecovery(TransformerMixin, BaseEstimator):
         X = validate_data(self, X, dtype=np.float64)
         m, n = X.shape
         k = check_rank(self.rank, min(m, n), f"the {m}x{n} training data")
+        max_iter = (2500 if self.method == "subgradient" else 500) if self.max_iter is None \
+            else check_int("max_iter", self.max_iter)
         if self.method == "subgradient":
             res = robust(X, k, init_scale=self.init_scale, step=self.step, decay=self.decay,
-                         max_iter=self.max_iter or 2500, refine=self.refine, seed=self.seed,
+                         max_iter=max_iter, refine=self.refine, seed=self.seed,
                          return_factors=True, verbose=self.verbose)
             U, V = torch.from_numpy(res.left), torch.from_numpy(res.right)
             L, hist = (U @ V.T).numpy(), res.history
         else:
-            L, _, hist = robust_pca(X, lam=self.lam, max_iter=self.max_iter or 500,
-                                    return_history=True, verbose=self.verbose)
+            L, _, hist = robust_pca(X, lam=self.lam, max_iter=max_iter, return_history=True,
+                                    verbose=self.verbose)
             Ut, s, Vt = torch.linalg.svd(torch.from_numpy(L), full_matrices=False)
             U, V = Ut[:, :k] * s[:k], Vt[:k].T
         self.low_rank_ = L
@@ -209,6 +215,7 @@ class RobustRecovery(TransformerMixin, BaseEstimator):
     def transform(self, X: Any, n_irls: int = 30) -> np.ndarray:
         """Low-rank part of each row: ``u C`` with ``u = argmin ||u C - x||_1`` (IRLS)."""
         check_is_fitted(self)
+        check_int("n_irls", n_irls, 0)
         X = validate_data(self, X, reset=False, dtype=np.float64)
         C = self.components_
         observed = np.ones(X.shape, dtype=bool)

@@ -24,18 +24,32 @@ from typing import Any
 import torch
 
 from lowrank.errors import ConfigError
+from lowrank.utils.checks import check_finite, check_int, check_rank
 
-from ._data import check_rank, default_device, generator, observe
+from ._data import check_result, default_device, generator, observe, pow2_exponent
 
 _F32_EPS = float(torch.finfo(torch.float32).eps)
 
 
 def _prepare(M: Any, mask: Any, device: Any, dtype: torch.dtype):
+    """The observations, the zero-filled matrix divided by ``unit = 2**e`` (data of unit size,
+    exactly rescaled), the missing entries and ``unit``."""
     obs = observe(M, mask, dtype=dtype)
     dev = default_device(device, obs.like)
-    X = obs.dense_filled(0.0).to(dev)
+    unit = 2.0 ** pow2_exponent(obs.vals)
+    X = obs.dense_filled(0.0).to(dev) / unit
     missing = ~obs.dense_mask().to(dev)
-    return obs, X, missing
+    return obs, X, missing, unit
+
+
+def _bounds(min_value: float | None, max_value: float | None, unit: float
+            ) -> tuple[float | None, float | None]:
+    """The clipping bounds, checked and in the rescaled units."""
+    lo = None if min_value is None else check_finite("min_value", min_value) / unit
+    hi = None if max_value is None else check_finite("max_value", max_value) / unit
+    if lo is not None and hi is not None and lo > hi:
+        raise ConfigError(f"min_value {min_value} exceeds max_value {max_value}")
+    return lo, hi
 
 
 def _missing_change(old: torch.Tensor, new: torch.Tensor) -> tuple[float, float]:
@@ -58,11 +72,16 @@ def soft_impute(M: Any, mask: Any = None, *, shrinkage_value: float | None = Non
     matrix (observed entries unchanged) in the input's array type; with ``return_history``
     also the per-iteration relative change on the missing entries.
     """
-    if max_iters < 1:
-        raise ConfigError(f"max_iters must be at least 1, got {max_iters}")
-    obs, X, missing = _prepare(M, mask, device, dtype)
+    check_int("max_iters", max_iters)
+    check_finite("convergence_threshold", convergence_threshold, 0)
+    check_int("n_power_iterations", n_power_iterations, 0)
+    obs, X, missing, unit = _prepare(M, mask, device, dtype)
     if max_rank is not None:
-        max_rank = check_rank(max_rank, min(obs.shape), "the matrix")
+        max_rank = check_rank(max_rank, min(obs.shape), f"a {obs.shape[0]}x{obs.shape[1]} "
+                              "matrix", name="max_rank")
+    if shrinkage_value is not None:
+        shrinkage_value = check_finite("shrinkage_value", shrinkage_value, 0) / unit
+    min_value, max_value = _bounds(min_value, max_value, unit)
     gen = generator(seed, X.device)
     torch_state = torch.random.get_rng_state()
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=X.device)))
@@ -85,7 +104,8 @@ def soft_impute(M: Any, mask: Any = None, *, shrinkage_value: float | None = Non
             if min_value is not None or max_value is not None:
                 recon = recon.clamp(min=min_value, max=max_value)
             ssd, old_sq = _missing_change(X[missing], recon[missing])
-            if old_sq == 0 or (old_sq ** 0.5 < _F32_EPS and ssd ** 0.5 > _F32_EPS):
+            # fancyimpute's guard against a vanishing fill, in the data's units
+            if old_sq == 0 or (old_sq ** 0.5 * unit < _F32_EPS < ssd ** 0.5 * unit):
                 converged, change = False, float("inf")
             else:
                 change = (ssd / old_sq) ** 0.5
@@ -93,12 +113,13 @@ def soft_impute(M: Any, mask: Any = None, *, shrinkage_value: float | None = Non
             history.append(change)
             X[missing] = recon[missing]
             if callback is not None:
-                callback(it, X)
+                callback(it, X * unit)
             if converged:
                 break
     finally:
         torch.random.set_rng_state(torch_state)
-    out = obs.like.restore(X)
+    check_result("soft_impute", X)
+    out = obs.like.restore(X * unit)
     return (out, history) if return_history else out
 
 
@@ -119,9 +140,10 @@ def iterative_svd(M: Any, mask: Any = None, rank: int = 10, *,
     if svd_algorithm not in ("arpack", "randomized"):
         raise ConfigError(f"svd_algorithm must be 'arpack' or 'randomized', got "
                           f"{svd_algorithm!r}")
-    if max_iters < 1:
-        raise ConfigError(f"max_iters must be at least 1, got {max_iters}")
-    obs, X, missing = _prepare(M, mask, device, dtype)
+    check_int("max_iters", max_iters)
+    check_finite("convergence_threshold", convergence_threshold, 0)
+    obs, X, missing, unit = _prepare(M, mask, device, dtype)
+    min_value, max_value = _bounds(min_value, max_value, unit)
     limit = min(obs.shape) - (1 if svd_algorithm == "arpack" else 0)
     rank = check_rank(rank, limit, f"a {obs.shape[0]}x{obs.shape[1]} matrix"
                       + (" with ARPACK (needs rank < min(m, n))"
@@ -146,7 +168,8 @@ def iterative_svd(M: Any, mask: Any = None, rank: int = 10, *,
         if min_value is not None or max_value is not None:
             recon = recon.clamp(min=min_value, max=max_value)
         ssd, old_sq = _missing_change(X[missing], recon[missing])
-        if old_sq == 0 or (old_sq < _F32_EPS and ssd > _F32_EPS):
+        # fancyimpute's guard against a vanishing fill, in the data's (squared) units
+        if old_sq == 0 or (old_sq * unit * unit < _F32_EPS < ssd * unit * unit):
             converged, change = False, float("inf")
         else:
             change = ssd / old_sq
@@ -154,8 +177,9 @@ def iterative_svd(M: Any, mask: Any = None, rank: int = 10, *,
         history.append(change)
         X[missing] = recon[missing]
         if callback is not None:
-            callback(it, X)
+            callback(it, X * unit)
         if converged:
             break
-    out = obs.like.restore(X)
+    check_result("iterative_svd", X)
+    out = obs.like.restore(X * unit)
     return (out, history) if return_history else out

@@ -22,9 +22,10 @@ from typing import Any
 import torch
 
 from lowrank.errors import ConfigError
+from lowrank.utils.checks import check_finite, check_int, check_rank
 from lowrank.utils.progress import progress
 
-from ._data import Observed, check_rank, default_device, generator, observe
+from ._data import Observed, check_result, default_device, generator, observe, pow2_exponent
 from ._ops import EntryOperator, subgradient_l1
 from .complete import Recovery, altmin
 
@@ -46,8 +47,8 @@ def robust(M: Any, rank: int, mask: Any = None, *, symmetric: bool = False,
     Args:
         M: observed matrix, read as in :func:`lowrank.recover.complete` (dense with or without
             a mask, NaN = missing, or sparse).
-        rank: fitted rank ``k``; may exceed the true rank (over-parameterisation is harmless
-            with a small ``init_scale``).
+        rank: fitted rank ``k``, at most ``min(m, n)``; may exceed the true rank
+            (over-parameterisation is harmless with a small ``init_scale``).
         mask: boolean mask of observed entries, or None.
         symmetric: fit ``X = U U^T`` (a PSD matrix) instead of ``U V^T``.
         init_scale: ``alpha``, the size of the random initialisation relative to
@@ -66,17 +67,17 @@ def robust(M: Any, rank: int, mask: Any = None, *, symmetric: bool = False,
     """
     obs = observe(M, mask, dtype=dtype)
     dev = default_device(device, obs.like)
-    rows, cols, vals = obs.rows.to(dev), obs.cols.to(dev), obs.vals.to(dev)
+    e = pow2_exponent(obs.vals)  # solve on data of unit size, exactly rescaled
+    rows, cols, vals = obs.rows.to(dev), obs.cols.to(dev), obs.vals.to(dev) * 2.0 ** -e
     m, n = obs.shape
     if symmetric and m != n:
         raise ConfigError(f"symmetric=True needs a square matrix, got {m}x{n}")
-    rank = check_rank(rank, None, "the matrix")
-    for name, value, lo, hi in (("init_scale", init_scale, 0, math.inf),
-                                ("step", step, 0, math.inf), ("decay", decay, 0, 1)):
-        if not lo < value <= hi or not math.isfinite(value):
-            raise ConfigError(f"{name} must be in ({lo}, {hi}], got {value}")
-    if max_iter < 1:
-        raise ConfigError(f"max_iter must be at least 1, got {max_iter}")
+    rank = check_rank(rank, min(m, n), f"a {m}x{n} matrix")
+    check_finite("init_scale", init_scale, 0, low_open=True)
+    check_finite("step", step, 0, low_open=True)
+    check_finite("decay", decay, 0, 1, low_open=True)
+    check_int("max_iter", max_iter)
+    check_finite("refine_threshold", refine_threshold, 0, low_open=True)
     op = EntryOperator(rows, cols, (m, n))
     gen = generator(seed, dev)
     scale = _robust_scale(vals, (m, n), obs.fraction)
@@ -95,6 +96,8 @@ def robust(M: Any, rank: int, mask: Any = None, *, symmetric: bool = False,
         U, V, ref_hist, converged = altmin(inliers, k, cg_steps=None, tol=1e-13,
                                            max_iter=50, seed=seed, verbose=verbose)
         history = history + ref_hist
+    check_result("robust", U, V, loss=history[-1], hint="; try a smaller step")
+    U, V = U * 2.0 ** (e // 2), V * 2.0 ** (e // 2)
     if return_factors:
         return Recovery(obs.like.restore(U), obs.like.restore(V), history, len(history),
                         converged)
@@ -120,7 +123,7 @@ def robust_pca(M: Any, lam: float | None = None, mask: Any = None, *, tol: float
     Stops when ``||M - L - S||_F / ||M||_F < tol``.
 
     Args:
-        M: dense matrix (numpy or torch).
+        M: dense matrix (numpy or torch); without ``mask``, NaN marks a missing entry.
         lam: weight of the l1 term; default ``1 / sqrt(max(m, n))`` (Candes et al.; a weight
             of 1, tensorly's default, fails).
         mask: optional boolean mask of observed entries; unobserved entries are absorbed by
@@ -135,19 +138,21 @@ def robust_pca(M: Any, lam: float | None = None, mask: Any = None, *, tol: float
     obs_like = observe(M, mask, dtype=dtype)  # validates shape, mask and finiteness
     like = obs_like.like
     dev = default_device(device, like)
-    X = obs_like.dense_filled(0.0).to(dev)
+    e = pow2_exponent(obs_like.vals)  # solve on data of unit size, exactly rescaled
+    X = obs_like.dense_filled(0.0).to(dev) * 2.0 ** -e
     observed = obs_like.dense_mask().to(dev)
     m, n = X.shape
-    lam = 1.0 / math.sqrt(max(m, n)) if lam is None else float(lam)
-    if not lam > 0:
-        raise ConfigError(f"lam must be positive, got {lam}")
-    if not rho > 1:
-        raise ConfigError(f"rho must exceed 1, got {rho}")
+    lam = 1.0 / math.sqrt(max(m, n)) if lam is None else check_finite("lam", lam, 0,
+                                                                        low_open=True)
+    check_finite("tol", tol, 0)
+    check_int("max_iter", max_iter)
+    check_finite("rho", rho, 1, low_open=True)
     norm_fro = float(X.norm()) or 1.0
     norm_two = float(torch.linalg.matrix_norm(X, ord=2)) or 1.0
     norm_inf = float(X.abs().max()) / lam
     Y = X / max(norm_two, norm_inf)
-    mu_k = 1.25 / norm_two if mu is None else float(mu)
+    # the penalty is in units of 1 / M: rescaled with the data
+    mu_k = 1.25 / norm_two if mu is None else check_finite("mu", mu, 0, low_open=True) * 2.0 ** e
     mu_max = mu_k * 1e7
     L = torch.zeros_like(X)
     S = torch.zeros_like(X)
@@ -167,6 +172,7 @@ def robust_pca(M: Any, lam: float | None = None, mask: Any = None, *, tol: float
         history.append(float(Z.norm()) / norm_fro)
         if history[-1] < tol:
             break
-    out = (like.restore(L), like.restore(S))
+    check_result("robust_pca", L, S, loss=history[-1], hint="; try a smaller rho or mu")
+    out = (like.restore(L * 2.0 ** e), like.restore(S * 2.0 ** e))
     return (*out, history) if return_history else out
 

@@ -24,9 +24,10 @@ from typing import Any
 import torch
 
 from lowrank.errors import ConfigError, DataError
+from lowrank.utils.checks import check_finite, check_finite_values, check_int, check_rank
 from lowrank.utils.progress import progress
 
-from ._data import check_rank, generator, like_of, to_tensor
+from ._data import check_result, generator, like_of, pow2_exponent, to_tensor
 from ._ops import DenseOperator, subgradient_l1
 from .complete import Recovery
 
@@ -76,8 +77,8 @@ def read_measurements(A: Any, y: Any, shape: tuple[int, int] | None, dtype: torc
                         f"{tuple(At.shape)}")
     if yt.numel() != At.shape[0]:
         raise DataError(f"A holds {At.shape[0]} measurements but y has {yt.numel()} values")
-    if not (torch.all(torch.isfinite(At)) and torch.all(torch.isfinite(yt))):
-        raise DataError("A and y must be finite (no NaN or infinity)")
+    check_finite_values("A", At)
+    check_finite_values("y", yt)
     return At, yt
 
 
@@ -91,7 +92,9 @@ def factored_gd(op: DenseOperator, y: torch.Tensor, rank: int, *, symmetric: boo
 
     The step is ``step / (c * sigma)``, where ``c = sum_i ||A_i||_F^2 / (m n)`` is the isotropy
     constant of ``A`` and ``sigma`` the spectral norm of ``A^*(y) / c``; the initialisation is
-    ``init_scale * sqrt(sigma) * B`` with ``B`` Gaussian of unit-norm columns on average.
+    ``init_scale * sqrt(sigma) * B`` with ``B`` Gaussian of unit-norm columns on average. The
+    one-step fix balances the factors at that scale (``F^T F = sigma I``; the paper's
+    ``F^T F = I`` assumes ``||X||_2 = 1``), so the method is invariant to the scale of ``X``.
     """
     m, n = op.shape
     dt, dev = y.dtype, y.device
@@ -126,7 +129,9 @@ def factored_gd(op: DenseOperator, y: torch.Tensor, rank: int, *, symmetric: boo
             break
         if (rebalance_at is not None and not symmetric and rebalanced_at is None
                 and rel < rebalance_at):
-            F, G = rebalance(F, G)
+            root = math.sqrt(sigma)  # balance at the problem's scale: F^T F = sigma I
+            F, G = rebalance(F / root, G / root)
+            F, G = F * root, G * root
             rebalanced_at = it
         SG, StF = op.adjoint_times(r, F, G)
         if symmetric:
@@ -150,7 +155,8 @@ def sense(A: Any, y: Any, rank: int, *, shape: tuple[int, int] | None = None,
     Args:
         A: measurement matrices, ``N x m x n`` (or ``N x m*n`` with ``shape``); numpy or torch.
         y: the ``N`` measurements.
-        rank: the factor width ``k``; may exceed the true rank (over-parameterisation).
+        rank: the factor width ``k``, at most ``min(m, n)``; may exceed the true rank
+            (over-parameterisation).
         shape: ``(m, n)`` when ``A`` is given flat.
         symmetric: fit ``X = F F^T`` (square, PSD) instead of ``F G^T``.
         loss: ``"l2"`` (factored GD, Xiong et al.) or ``"l1"`` (sub-gradient method, robust to
@@ -177,16 +183,21 @@ def sense(A: Any, y: Any, rank: int, *, shape: tuple[int, int] | None = None,
     m, n = int(At.shape[1]), int(At.shape[2])
     if symmetric and m != n:
         raise ConfigError(f"symmetric=True needs square matrices, got {m}x{n}")
-    rank = check_rank(rank, None, "the factors")
-    if rebalance_at is not None and not rebalance_at > 0:
-        raise ConfigError(f"rebalance_at must be positive or None, got {rebalance_at}")
-    op = DenseOperator(At)
+    rank = check_rank(rank, min(m, n), f"a {m}x{n} matrix")
+    if rebalance_at is not None:
+        check_finite("rebalance_at", rebalance_at, 0, low_open=True)
+    check_finite("tol", tol, 0)
+    check_finite("decay", decay, 0, 1, low_open=True)
+    # solve on data of unit size: A / 2**ea and y / 2**ey (exact), X scaled by 2**(ea - ey)
+    ea, ey = pow2_exponent(At), pow2_exponent(yt)
+    op = DenseOperator(At * 2.0 ** -ea)
+    yt = yt * 2.0 ** -ey
     gen = generator(seed, At.device)
     if loss == "l2":
         init_scale = 0.1 if init_scale is None else init_scale
         step = 0.2 if step is None else step
         max_iter = 6000 if max_iter is None else max_iter
-        _check_positive(init_scale=init_scale, step=step, max_iter=max_iter)
+        _check_schedule(init_scale, step, max_iter)
         F, G, history, converged, _ = factored_gd(
             op, yt, rank, symmetric=symmetric, init_scale=init_scale, step=step,
             max_iter=max_iter, tol=tol, rebalance_at=rebalance_at, gen=gen, verbose=verbose)
@@ -194,7 +205,7 @@ def sense(A: Any, y: Any, rank: int, *, shape: tuple[int, int] | None = None,
         init_scale = 1e-3 if init_scale is None else init_scale
         step = 0.05 if step is None else step
         max_iter = 2500 if max_iter is None else max_iter
-        _check_positive(init_scale=init_scale, step=step, max_iter=max_iter)
+        _check_schedule(init_scale, step, max_iter)
         c = float((op.A * op.A).sum()) / (m * n)
         scale = float(yt.abs().median()) / 0.6745 / math.sqrt(max(c, 1e-300))
         F, G, history = subgradient_l1(op, yt, rank, symmetric=symmetric,
@@ -202,12 +213,15 @@ def sense(A: Any, y: Any, rank: int, *, shape: tuple[int, int] | None = None,
                                        max_iter=max_iter, scale=max(scale, 1e-300), gen=gen,
                                        verbose=verbose)
         converged = True
+    check_result("sense", F, G, loss=history[-1], hint=f"; try a smaller step (got {step})")
+    half = 2.0 ** ((ey - ea) // 2)  # ey - ea is even
+    F, G = F * half, G * half
     if return_factors:
         return Recovery(like.restore(F), like.restore(G), history, len(history), converged)
     return like.restore(F @ G.T)
 
 
-def _check_positive(**values: float) -> None:
-    for name, value in values.items():
-        if not (value > 0 and math.isfinite(value)):
-            raise ConfigError(f"{name} must be positive and finite, got {value}")
+def _check_schedule(init_scale: float, step: float, max_iter: int) -> None:
+    check_finite("init_scale", init_scale, 0, low_open=True)
+    check_finite("step", step, 0, low_open=True)
+    check_int("max_iter", max_iter)

@@ -50,8 +50,20 @@ def render_report(directory: str | os.PathLike) -> str:
                              "by lowrank compress")
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
-        return render_markdown(report, report.get("plots", []))
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{path} is not readable JSON: {exc}") from exc
+    if not isinstance(report, dict):
+        raise ModelFileError(f"{path} holds a JSON {type(report).__name__}: expected the "
+                             "object that lowrank compress writes")
+    plots = report.get("plots", [])
+    if not isinstance(plots, list) or not all(isinstance(p, str) for p in plots):
+        raise ModelFileError(f"{path}: 'plots' must be a list of file names")
+    try:
+        return render_markdown(report, plots)
+    except KeyError as exc:
+        raise ModelFileError(f"{path} is not a lowrank report: it lacks the field "
+                             f"{exc}") from exc
+    except (TypeError, ValueError, AttributeError) as exc:
         raise ModelFileError(f"{path} is not a lowrank report: {exc}") from exc
 
 

@@ -35,9 +35,13 @@ def render_markdown(report: dict[str, Any], images: list[str]) -> str:
     for key in report["quality_before"]:
         lines.append(f"| {key} | {_fmt(report['quality_before'][key])} | "
                      f"{_fmt(report['quality_after'].get(key))} |")
+    overlap = report.get("evaluation_overlap") or 0
     lines += ["", "Quality is measured on held-out text against the original model "
               "(cosine / 10-NN overlap of mean-pooled sentence embeddings for encoders, "
-              "perplexity for causal LMs).", "",
+              "perplexity for causal LMs)."
+              + (f" **Warning: {overlap} evaluation passages are also calibration passages,** "
+                 "so the quality after compression is not fully held out." if overlap else ""),
+              "",
               "## Timings (seconds)", "",
               " · ".join(f"{k} {v:.2f}" for k, v in r["timings"].items())
               + f" · whole run (load, evaluate, save included) {report['seconds']}", "",

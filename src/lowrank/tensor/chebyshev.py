@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, LowRankError
-from .decomp import TuckerTensor, einsum, mode_dot, tucker
+from ..utils.checks import check_finite, check_finite_values, check_int, check_real
+from .decomp import TuckerTensor, einsum, mode_dot, mode_ranks, tucker
 
 __all__ = ["ChebyshevTucker", "chebyshev_nodes"]
 
@@ -43,8 +44,9 @@ class ChebyshevTucker:
     """Chebyshev interpolation of ``f`` on a box, compressed to Tucker rank ``rank``.
 
     ``order``: Chebyshev points per dimension (int or one per dimension). ``rank``: Tucker
-    ranks of the coefficient tensor (int or one per dimension); ``tol`` instead picks the
-    smallest ranks whose HOSVD tail is below ``tol`` relative to ``||C||`` (in ``metric``);
+    ranks of the coefficient tensor (int, clipped to the orders, or one per dimension, each at
+    most its order); ``tol`` instead picks the smallest ranks whose HOSVD tail is below
+    ``tol`` relative to ``||C||`` (in ``metric``);
     with neither the coefficients are kept whole (exact interpolation). ``domain``:
     ``(low, high)`` per dimension (default [-1, 1]). ``metric``: norm of the Tucker
     truncation, ``'l2'`` (L2 on the box), ``'coefficients'`` (Euclidean on ``C``, as in the
@@ -89,17 +91,14 @@ class ChebyshevTucker:
         return out
 
     def _orders(self, ndim: int) -> list[int]:
-        orders = [self.order] * ndim if isinstance(self.order, int) else list(self.order)
-        if len(orders) != ndim or any(isinstance(p, bool) or int(p) < 1 for p in orders):
-            raise ConfigError(f"order must be a positive int or {ndim} positive ints, got "
-                              f"{self.order!r}")
-        return [int(p) for p in orders]
+        return mode_ranks(self.order, [None] * ndim, "order")
 
     def _box(self, ndim: int) -> np.ndarray:
         box = np.array([(-1.0, 1.0)] * ndim if self.domain is None else self.domain, float)
-        if box.shape != (ndim, 2) or not (box[:, 1] > box[:, 0]).all():
-            raise ConfigError(f"domain must be {ndim} (low, high) pairs with low < high, got "
-                              f"{self.domain!r}")
+        if box.shape != (ndim, 2) or not (box[:, 1] > box[:, 0]).all() or \
+                not np.isfinite(box).all():
+            raise ConfigError(f"domain must be {ndim} finite (low, high) pairs with low < high, "
+                              f"got {self.domain!r}")
         return box
 
     def fit(self, f: Callable[[np.ndarray], Any], ndim: int) -> ChebyshevTucker:
@@ -107,19 +106,20 @@ class ChebyshevTucker:
         import time
 
         t0 = time.perf_counter()
-        if isinstance(ndim, bool) or not isinstance(ndim, int) or ndim < 1:
-            raise ConfigError(f"ndim must be a positive int, got {ndim!r}")
+        check_int("ndim", ndim)
+        check_int("n_iter_max", self.n_iter_max)
         orders, box = self._orders(ndim), self._box(ndim)
         self.box_ = box
         nodes = [chebyshev_nodes(p) for p in orders]
         phys = [self._to_physical(t, k) for k, t in enumerate(nodes)]
         mesh = np.stack(np.meshgrid(*phys, indexing="ij"), -1).reshape(-1, ndim)
-        values = np.asarray(f(mesh), dtype=np.float64)
+        values = np.asarray(f(mesh))
         if values.shape != (mesh.shape[0],):
             raise LowRankError(f"f must map points of shape (n, {ndim}) to values of shape "
                                f"(n,), got {values.shape} for n={mesh.shape[0]}")
-        if not np.isfinite(values).all():
-            raise LowRankError("f returned NaN or infinite values on the Chebyshev grid")
+        check_real("f's values", values)
+        check_finite_values("f's values", values, what="values on the Chebyshev grid")
+        values = values.astype(np.float64)
         coef = values.reshape(orders)
         for k, t in enumerate(nodes):
             coef = mode_dot(coef, np.linalg.inv(_vander(t, orders[k])), k)
@@ -146,15 +146,10 @@ class ChebyshevTucker:
     def _ranks(self, coef: np.ndarray) -> list[int]:
         shape = list(coef.shape)
         if self.rank is not None:
-            ranks = [self.rank] * len(shape) if isinstance(self.rank, int) else list(self.rank)
-            if len(ranks) != len(shape) or any(int(r) < 1 for r in ranks):
-                raise ConfigError(f"rank must be a positive int or {len(shape)} positive ints, "
-                                  f"got {self.rank!r}")
-            return [min(int(r), s) for r, s in zip(ranks, shape, strict=True)]
+            return mode_ranks(self.rank, shape, "rank")  # at most the order per dimension
         if self.tol is None:
             return shape
-        if not self.tol > 0:
-            raise ConfigError(f"tol must be > 0, got {self.tol!r}")
+        check_finite("tol", self.tol, 0, low_open=True)
         total = float((coef ** 2).sum()) or 1.0
         budget = self.tol ** 2 * total / len(shape)
         ranks = []

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError, LowRankError
+from ..errors import LowRankError
+from ..utils.checks import check_finite, check_finite_values, check_int, check_real
 from ._backend import as_numpy
-from .decomp import CPTensor, TuckerTensor, _convert, _tucker_rank
+from .decomp import CPTensor, TuckerTensor, _convert, _tucker_rank, check_cp_rank
 
 __all__ = ["complete_cp", "complete_tucker"]
 
@@ -30,6 +31,7 @@ _L = "abcdefghijklmnopqrstuvwxyz"
 
 def _observed(x: Any, mask: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     arr = as_numpy(x, "x")
+    check_real("x", arr)
     m = as_numpy(mask, "mask") != 0
     if m.shape != arr.shape:
         raise LowRankError(f"mask must have the tensor's shape {arr.shape}, got {m.shape}")
@@ -39,8 +41,8 @@ def _observed(x: Any, mask: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
         raise LowRankError("mask observes no entry: expected some nonzero entries")
     idx = torch.as_tensor(np.argwhere(m))
     vals = torch.as_tensor(arr[m])
-    if not torch.isfinite(vals).all():
-        raise LowRankError("observed entries hold NaN or infinite values")
+    check_finite_values("x", vals, what="observed entries",
+                        hint=" (mark missing entries 0 in the mask instead)")
     dense = torch.zeros(arr.shape, dtype=torch.float64)
     dense[tuple(idx.T)] = vals
     return idx, vals, dense, float(m.mean())
@@ -69,11 +71,11 @@ def _unfold(x: torch.Tensor, n: int) -> torch.Tensor:
     return x.movedim(n, 0).reshape(x.shape[n], -1)
 
 
-def _check_iter(n_iter: int, tol: float, reg: float) -> None:
-    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
-        raise ConfigError(f"n_iter must be a positive int, got {n_iter!r}")
-    if tol < 0 or reg < 0:
-        raise ConfigError(f"tol and reg must be >= 0, got tol={tol}, reg={reg}")
+def _check_iter(n_iter: int, tol: float, reg: float, random_state: int) -> None:
+    check_int("n_iter", n_iter)
+    check_finite("tol", tol, 0)
+    check_finite("reg", reg, 0)
+    check_int("random_state", random_state, 0)
 
 
 def complete_cp(x: Any, mask: Any, rank: int, *, n_iter: int = 500, tol: float = 1e-10,
@@ -81,12 +83,12 @@ def complete_cp(x: Any, mask: Any, rank: int, *, n_iter: int = 500, tol: float =
     """CP completion by ALS on the observed entries (``mask`` nonzero = observed).
 
     Stops when the relative error on the observed entries (``rel_error``) is below ``tol``
-    or stagnates.
+    or stagnates. ``rank`` may exceed the mode sizes, up to
+    :func:`~lowrank.tensor.decomp.cp_rank_bound`.
     """
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ConfigError(f"CP rank must be a positive int, got {rank!r}")
-    _check_iter(n_iter, tol, reg)
+    _check_iter(n_iter, tol, reg, random_state)
     idx, y, dense, p = _observed(x, mask)
+    rank = check_cp_rank(rank, dense.shape)
     gen = torch.Generator().manual_seed(random_state)
     shape = dense.shape
     factors = [_leading(_unfold(dense / p, n), rank, gen) for n in range(len(shape))]
@@ -122,7 +124,7 @@ def complete_tucker(x: Any, mask: Any, rank: int | Sequence[int], *, n_iter: int
     Stops when the relative error on the observed entries (``rel_error``) is below ``tol``
     or stagnates.
     """
-    _check_iter(n_iter, tol, reg)
+    _check_iter(n_iter, tol, reg, random_state)
     idx, y, dense, p = _observed(x, mask)
     shape = tuple(dense.shape)
     ranks = _tucker_rank(rank, shape)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, LowRankError
+from ..utils.checks import check_finite, check_finite_values, check_int, check_real
 from ._backend import as_numpy, like, scoped
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -254,23 +255,50 @@ def _check_tensor(x: Any, min_ndim: int = 2) -> np.ndarray:
     if arr.ndim < min_ndim:
         raise LowRankError(f"expected a tensor with at least {min_ndim} modes, got shape "
                            f"{tuple(arr.shape)}")
-    if arr.dtype.kind == "c":
-        raise LowRankError("lowrank.tensor decompositions take real tensors, got a complex one")
-    if not np.isfinite(arr).all():
-        raise LowRankError("x holds NaN or infinite values: pass a mask for missing entries")
+    check_real("x", arr)  # tensorly's ALS/HOOI and our error measures assume real data
+    check_finite_values("x", arr, hint=" (pass a mask for missing entries)")
     return arr
 
 
-def _tucker_rank(rank: int | Sequence[int], shape: tuple[int, ...]) -> list[int]:
+def _check_iter(n_iter_max: int, tol: float) -> None:
+    check_int("n_iter_max", n_iter_max)
+    check_finite("tol", tol, 0)
+
+
+def mode_ranks(rank: Any, bounds: Sequence[int | None], what: str) -> list[int]:
+    """One positive int per mode, each at most its bound (None: unbounded). An int is
+    broadcast and clipped to every bound; a sequence must hold one int per mode within its
+    bound."""
     if isinstance(rank, (int, np.integer)) and not isinstance(rank, bool):
-        ranks = [min(int(rank), s) for s in shape]
-    else:
-        ranks = [int(r) for r in rank]
-    if len(ranks) != len(shape) or any(not 1 <= r <= s for r, s in zip(ranks, shape,
-                                                                        strict=False)):
-        raise ConfigError(f"Tucker rank must be an int or one value per mode in "
-                          f"[1, mode size] for shape {shape}, got {rank!r}")
-    return ranks
+        value = check_int(what, rank)
+        return [value if b is None else min(value, b) for b in bounds]
+    if not isinstance(rank, (Sequence, np.ndarray)) or isinstance(rank, str) or \
+            len(rank) != len(bounds):
+        raise ConfigError(f"{what} must be an int or {len(bounds)} ints (one per mode), got "
+                          f"{rank!r}")
+    return [check_int(f"{what}[{k}]", r, 1, b) for k, (r, b) in enumerate(zip(rank, bounds,
+                                                                             strict=True))]
+
+
+def _tucker_rank(rank: int | Sequence[int], shape: tuple[int, ...]) -> list[int]:
+    """Tucker ranks for ``shape``: at most each mode's size."""
+    return mode_ranks(rank, shape, "Tucker rank")
+
+
+def cp_rank_bound(shape: Sequence[int]) -> int:
+    """The largest CP rank a tensor of ``shape`` can have: ``prod(shape) / max(shape)`` (each
+    mode-``n`` unfolding writes it as a sum of ``prod_{k != n} I_k`` rank-one terms; Kolda &
+    Bader 2009, section 3.1). CP ranks may exceed every mode size, but not this."""
+    return math.prod(shape) // max(shape)
+
+
+def check_cp_rank(rank: Any, shape: Sequence[int]) -> int:
+    bound = cp_rank_bound(shape)
+    rank = check_int("CP rank", rank)
+    if rank > bound:
+        raise ConfigError(f"CP rank {rank} exceeds {bound}, the largest CP rank of a tensor of "
+                          f"shape {tuple(shape)} (prod(shape) / max(shape))")
+    return rank
 
 
 def _svd_choice(svd: str, ranks: Sequence[int], shape: Sequence[int]) -> str:
@@ -297,12 +325,14 @@ def tucker(x: Any, rank: int | Sequence[int], *, n_iter_max: int = 100, tol: flo
            random_state: int | None = 0) -> TuckerTensor:
     """Tucker decomposition by HOSVD initialisation + HOOI (tensorly ``tucker``).
 
-    ``rank``: an int (broadcast, clipped to each mode) or one rank per mode. ``svd='auto'``
+    ``rank``: an int (broadcast, clipped to each mode) or one rank per mode, each at most the
+    mode's size. ``svd='auto'``
     picks randomized SVD when every rank is at most 10% of its mode. ``mask`` (1 = observed)
     uses tensorly's EM imputation; for few observed entries use :func:`complete_tucker`.
     """
     arr = _check_tensor(x)
     ranks = _tucker_rank(rank, arr.shape)
+    _check_iter(n_iter_max, tol)
     method = _svd_choice(svd, ranks, arr.shape)
     m = _mask(mask, arr.shape)
     with scoped():
@@ -338,15 +368,16 @@ def cp(x: Any, rank: int, *, n_iter_max: int = 100, tol: float = 1e-8, init: str
     With ``init='random'`` (default) the best of ``n_restarts`` runs seeded
     ``random_state, random_state + 1, ...`` is kept (one random start can stall in a swamp);
     ``init='svd'`` runs once (tensorly's default; it can swamp, see the module docstring).
-    ``normalize`` puts column norms in ``weights``.
+    ``normalize`` puts column norms in ``weights``. ``rank`` may exceed the mode sizes, up to
+    :func:`cp_rank_bound`.
     """
     arr = _check_tensor(x)
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
-        raise ConfigError(f"CP rank must be a positive int, got {rank!r}")
+    rank = check_cp_rank(rank, arr.shape)
     if init not in ("svd", "random"):
         raise ConfigError(f"init must be 'svd' or 'random', got {init!r}")
-    if isinstance(n_restarts, bool) or not isinstance(n_restarts, int) or n_restarts < 1:
-        raise ConfigError(f"n_restarts must be a positive int, got {n_restarts!r}")
+    check_int("n_restarts", n_restarts)
+    _check_iter(n_iter_max, tol)
+    check_finite("l2_reg", l2_reg, 0)
     method = _svd_choice(svd, [rank] * arr.ndim, arr.shape)
     m = _mask(mask, arr.shape)
     seeds = [None if random_state is None else random_state + k
@@ -375,23 +406,23 @@ def cp(x: Any, rank: int, *, n_iter_max: int = 100, tol: float = 1e-8, init: str
 
 
 def _tt_rank(rank: int | Sequence[int], shape: tuple[int, ...]) -> list[int]:
+    """TT ranks ``r_0 = 1, r_1, ..., r_N = 1``: ``r_k`` at most the rank of the ``k``-th
+    unfolding, ``min(I_1 ... I_k, I_{k+1} ... I_N)`` (an int is clipped to those bounds)."""
     n = len(shape)
+    bounds = [min(math.prod(shape[:k]), math.prod(shape[k:])) for k in range(1, n)]
     if isinstance(rank, (int, np.integer)) and not isinstance(rank, bool):
-        ranks = [1] + [int(rank)] * (n - 1) + [1]
-    else:
-        ranks = [int(r) for r in rank]
-    if len(ranks) != n + 1 or ranks[0] != 1 or ranks[-1] != 1 or min(ranks) < 1:
+        return [1, *mode_ranks(rank, bounds, "TT rank"), 1]
+    if not isinstance(rank, (Sequence, np.ndarray)) or isinstance(rank, str) or \
+            len(rank) != n + 1 or any(isinstance(rank[k], bool) or rank[k] != 1 for k in (0, -1)):
         raise ConfigError(f"TT rank must be an int or a list of {n + 1} positive ints starting "
                           f"and ending with 1 for shape {shape}, got {rank!r}")
-    # the TT-SVD cannot exceed the unfolding ranks
-    for k in range(1, n):
-        ranks[k] = min(ranks[k], math.prod(shape[:k]), math.prod(shape[k:]))
-    return ranks
+    return [1, *(check_int(f"TT rank[{k}]", rank[k], 1, bounds[k - 1]) for k in range(1, n)), 1]
 
 
 def tt(x: Any, rank: int | Sequence[int], *, svd: str = "auto",
        random_state: int | None = 0) -> TTTensor:
-    """Tensor train by TT-SVD (tensorly ``tensor_train``); ``rank`` is an int or N+1 ranks."""
+    """Tensor train by TT-SVD (tensorly ``tensor_train``); ``rank`` is an int (clipped to the
+    unfolding ranks) or N+1 ranks, ``r_k`` at most ``min(I_1 ... I_k, I_{k+1} ... I_N)``."""
     arr = _check_tensor(x)
     ranks = _tt_rank(rank, arr.shape)
     method = _svd_choice(svd, ranks[1:-1], arr.shape[:-1])
@@ -409,8 +440,10 @@ def tt_matrix(w: Any, row_shape: Sequence[int], col_shape: Sequence[int],
               rank: int | Sequence[int], *, svd: str = "truncated_svd") -> TTMatrix:
     """TT-matrix of ``w`` (``prod(row_shape) x prod(col_shape)``, or already tensorized as
     ``(*row_shape, *col_shape)``), by TT-SVD of the interleaved tensor (tensorly
-    ``tensor_train_matrix``)."""
+    ``tensor_train_matrix``). Complex matrices are supported (the TT-SVD is exact at full rank
+    and keeps its error bound)."""
     arr = as_numpy(w, "w")
+    check_finite_values("w", arr)
     row_shape, col_shape = tuple(int(v) for v in row_shape), tuple(int(v) for v in col_shape)
     if len(row_shape) != len(col_shape):
         raise ConfigError(f"row_shape and col_shape need the same length, got {row_shape} and "

@@ -14,10 +14,19 @@ from typing import Any
 import numpy as np
 
 from ..errors import LowRankError
+from ..utils.checks import check_finite_values, check_real
 from ._backend import as_numpy
 from .decomp import CPTensor, TTTensor, TuckerTensor, cp, tt, tucker
 
 __all__ = ["CP", "TT", "Tucker"]
+
+
+def _real(x: Any, name: str) -> np.ndarray:
+    """``x`` as a real, finite float64 array (the learned bases are real)."""
+    arr = as_numpy(x, name)
+    check_real(name, arr)
+    check_finite_values(name, arr)
+    return arr
 
 
 class _TensorEstimator(ABC):
@@ -52,7 +61,7 @@ class _TensorEstimator(ABC):
     def transform(self, x: Any) -> np.ndarray:
         """Least-squares mode-0 rows of ``x`` (samples x the other modes) on the learned basis."""
         self._check()
-        arr = as_numpy(x, "X")
+        arr = _real(x, "X")
         if arr.shape[1:] != self.shape_[1:]:
             raise LowRankError(f"X must have trailing shape {self.shape_[1:]}, got "
                                f"{arr.shape[1:]}")
@@ -64,7 +73,7 @@ class _TensorEstimator(ABC):
 
     def inverse_transform(self, rows: Any) -> np.ndarray:
         self._check()
-        rows = as_numpy(rows, "rows")
+        rows = _real(rows, "rows")
         return (rows @ self.components_).reshape(rows.shape[0], *self.shape_[1:])
 
     @abstractmethod

@@ -28,7 +28,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, LowRankError
+from ..utils.checks import check_finite, check_finite_values, check_int, check_real
 from ._backend import as_numpy
+from .decomp import mode_ranks
 
 __all__ = ["FunctionalTucker", "state_space_posterior"]
 
@@ -124,6 +126,9 @@ class FunctionalTucker:
     """FunBaT estimator (see the module docstring): ``fit(X, y)`` with continuous ``X``
     of shape ``(n, K)``; ``predict(X, return_std=True)`` at any coordinates.
 
+    ``rank``: ``R_k`` per mode (an int, or one per mode), at most the number of distinct
+    coordinates of that mode in the training data (an int is clipped to it).
+
     Learned: ``core_mean_``, ``core_cov_``, ``noise_precision_``, ``coords_`` (distinct
     coordinates per mode), ``factor_means_`` / ``factor_covs_`` (posterior of ``u^k`` there),
     ``n_iter_``, ``history_`` (training RMSE per epoch).
@@ -135,14 +140,13 @@ class FunctionalTucker:
                  core_variance: float = 1.0, tol: float = 1e-6, random_state: int = 0) -> None:
         if kernel not in KERNELS:
             raise ConfigError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-        if not 0 <= damping < 1:
-            raise ConfigError(f"damping must be in [0, 1), got {damping!r}")
-        if isinstance(n_epochs, bool) or not isinstance(n_epochs, int) or n_epochs < 1:
-            raise ConfigError(f"n_epochs must be a positive int, got {n_epochs!r}")
+        check_finite("damping", damping, 0, 1, high_open=True)
+        check_int("n_epochs", n_epochs)
         for name, value in (("variance", variance), ("a0", a0), ("b0", b0),
                             ("core_variance", core_variance)):
-            if not value > 0:
-                raise ConfigError(f"{name} must be > 0, got {value!r}")
+            check_finite(name, value, 0, low_open=True)
+        check_finite("tol", tol, 0)
+        check_int("random_state", random_state, 0)
         self.rank, self.kernel, self.lengthscale, self.variance = rank, kernel, lengthscale, \
             variance
         self.n_epochs, self.damping, self.a0, self.b0 = n_epochs, damping, a0, b0
@@ -159,22 +163,22 @@ class FunctionalTucker:
         if xs.ndim != 2 or xs.shape[0] != ys.shape[0] or xs.shape[1] < 1:
             raise LowRankError(f"X must be (n, K) coordinates and y (n,) values, got X "
                                f"{xs.shape} and y {ys.shape}")
-        if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
-            raise LowRankError("X and y must be finite")
+        for name, arr in (("X", xs), ("y", ys)):
+            check_real(name, arr)
+            check_finite_values(name, arr)
         n, k = xs.shape
-        ranks = [int(r) for r in self._per_mode(self.rank, k, "rank")]
-        if min(ranks) < 1:
-            raise ConfigError(f"rank must be positive, got {self.rank!r}")
-        self.ranks_ = ranks
-        self.lengthscales_ = [float(v) for v in self._per_mode(self.lengthscale, k,
-                                                               "lengthscale")]
-        rng = np.random.default_rng(self.random_state)
         self.coords_, index = [], []
         for m in range(k):
             c, inv = np.unique(xs[:, m], return_inverse=True)
             self.coords_.append(c)
             index.append(inv)
         self._index = index
+        # u^m is seen only at the distinct coordinates of mode m: at most that many ranks
+        ranks = mode_ranks(self.rank, [len(c) for c in self.coords_], "rank")
+        self.ranks_ = ranks
+        self.lengthscales_ = [check_finite(f"lengthscale[{m}]", v, 0, low_open=True) for m, v
+                              in enumerate(self._per_mode(self.lengthscale, k, "lengthscale"))]
+        rng = np.random.default_rng(self.random_state)
         # initial posteriors: smooth random functions (prior draws), small covariance
         means, covs = [], []
         for m in range(k):
@@ -294,6 +298,8 @@ class FunctionalTucker:
         k = len(self.ranks_)
         if xs.ndim != 2 or xs.shape[1] != k:
             raise LowRankError(f"X must have shape (n, {k}), got {xs.shape}")
+        check_real("X", xs)
+        check_finite_values("X", xs)
         means, covs = [], []
         for m in range(k):
             mu, cov = self.factor_posterior(m, xs[:, m])
