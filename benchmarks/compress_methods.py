@@ -16,8 +16,10 @@ refit stage or the sensitivity allocator also get the calibration passages. ``de
 what ``lowrank compress`` runs without ``--method`` (``lowrank.workflow.DEFAULT_METHOD`` and
 ``DEFAULT_OPTIONS``). Methods: registry names, ``name+field`` (boolean) or
 ``name+field=value`` (JSON value), e.g. ``svdllm+alloc=sensitivity``, ``svdllm+mode=sequential``.
-A method given its own budget (``lr2vq+bits=2``: bits per weight) runs without ``keep`` and
-reports keep "-". Parameters and bytes are whole-model counts after compression.
+LR²VQ keeps every parameter and spends a byte budget instead: at each keep of the sweep it
+gets ``bytes_fraction=keep`` (the bytes uniform SVD-LLM stores at that keep). A method given
+its own budget (``lr2vq+bits=2``: bits per weight) runs without the sweep's keep and reports
+keep "-". Parameters and bytes are whole-model counts after compression.
 ``--combine a.json b.json ...`` renders the rows of earlier runs into one table at ``--out``.
 """
 
@@ -44,6 +46,11 @@ LLAMA_DIR = RESULTS / "compress_llama"
 LLAMA_STEPS, LLAMA_BATCH = 800, 8
 METHODS = ["svd", "asvd", "fwsvd", "svdllm", "svdllm+mode=sequential",
            "svdllm+alloc=sensitivity", "default"]
+#: Methods whose budget is bytes, not parameters: the sweep's keep becomes their
+#: ``bytes_fraction``.
+BYTE_BUDGET = {"lr2vq"}
+#: Fields that give a method its own budget: such a run ignores the sweep's keep.
+OWN_BUDGET = {"bits", "bytes_fraction"}
 
 
 @dataclass
@@ -144,20 +151,26 @@ def _config(method: str, keep: float, model) -> lr.CompressionConfig:
         if not _table_compressible(model):
             options["embeddings"] = False
         return make_config(DEFAULT_METHOD, keep=keep, **options)
-    name, *flags = method.split("+")
-    fields = dict(_field(flag) for flag in flags)
-    if "bits" in fields:  # a method with its own budget (lr2vq+bits=2): no keep
+    name, fields = _spec(method)
+    if OWN_BUDGET & set(fields):  # a method with its own budget (lr2vq+bits=2): no keep
         return make_config(name, **fields)
+    if name in BYTE_BUDGET:
+        return make_config(name, bytes_fraction=keep, **fields)
     return make_config(name, keep=keep, **fields)
+
+
+def _spec(method: str) -> tuple[str, dict]:
+    """``name+field=value+flag`` -> the registry name and the fields."""
+    name, *flags = method.split("+")
+    return name, dict(_field(flag) for flag in flags)
 
 
 def _run(setup: Setup, method: str, keep: float, stats) -> dict:
     model = copy.deepcopy(setup.loaded.model)
     config = _config(method, keep, model)
-    needs_text = config.refines or getattr(config, "alloc", "").startswith("sensitivity") \
-        or getattr(config, "alloc", "") == "block-influence"
     t = time.perf_counter()
-    result = lr.compress(model, config, data=setup.calib if needs_text else None,
+    result = lr.compress(model, config,
+                         data=setup.calib if "text" in config.needs else None,
                          tokenizer=setup.loaded.tokenizer, stats=stats)
     seconds = time.perf_counter() - t
     quality = setup.held_out.measure(model)
@@ -165,7 +178,8 @@ def _run(setup: Setup, method: str, keep: float, stats) -> dict:
     metric = "cosine" if setup.loaded.kind == "encoder" else "perplexity"
     row = {
         "model": setup.name, "method": method, "configuration": describe_config(config),
-        "keep_target": getattr(config, "keep", keep), "keep_actual": result.keep_actual,
+        "keep_target": None if OWN_BUDGET & set(_spec(method)[1]) else keep,
+        "keep_actual": result.keep_actual,
         "params_before": setup.params, "params_after": result.params_after,
         "bytes_before": setup.bytes, "bytes_after": result.bytes_after,
         "metric": metric, "quality": quality[metric], "quality_other": other[metric],

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from common import RESULTS, write_results  # benchmarks/common.py (run as scripts)
 
-from lowrank.recover import complete, iterative_svd, robust, robust_pca, sense, soft_impute
-from lowrank.recover._ops import DenseOperator
-from lowrank.recover.sense import factored_gd
+from lowrank.matrix import complete, iterative_svd, robust, robust_pca, sense, soft_impute
+from lowrank.matrix._ops import DenseOperator
+from lowrank.matrix.sense import factored_gd
 
 
 def rel(a, b, where=None) -> float:

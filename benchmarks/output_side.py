@@ -91,7 +91,7 @@ def main() -> None:
     for keep in args.keeps:
         for method in ("svdllm", "lord", "afm"):
             row = run(f"{method} encoder keep {keep}", "encoder",
-                      [lr.get_method(method)(keep=keep)], method=method, encoder_keep=keep)
+                      [lr.METHODS.get(method)(keep=keep)], method=method, encoder_keep=keep)
             if method == "svdllm":
                 encoder[keep] = row
     tables: dict[float, dict] = {}

@@ -24,7 +24,7 @@ from common import RESULTS, write_results  # benchmarks/common.py (run as script
 import lowrank as lr
 from lowrank.calib import read_texts, tokenize
 from lowrank.eval import Evaluator
-from lowrank.finetune import embedding_gap, recover
+from lowrank.finetune import RecoveryConfig, embedding_gap, recover
 from lowrank.models import load_model
 from lowrank.workflow import DEFAULT_METHOD, DEFAULT_OPTIONS, describe_config, make_config
 
@@ -88,11 +88,12 @@ def main() -> None:
         model = copy.deepcopy(compressed)
         torch.manual_seed(args.seed)
         rate = args.lr if objective == "distill" else args.task_lr
-        report = recover(model, original, train, objective=objective, steps=args.steps,
-                         lr=rate, batch_size=args.batch_size,
-                         inf_norm_weight=args.inf_norm_weight, eval_fn=gap,
-                         eval_every=args.eval_every, tokenizer=loaded.tokenizer,
-                         seed=args.seed, quiet=False)
+        settings = RecoveryConfig(objective=objective, steps=args.steps, lr=rate,
+                                  batch_size=args.batch_size,
+                                  inf_norm_weight=args.inf_norm_weight,
+                                  eval_every=args.eval_every, seed=args.seed)
+        report = recover(model, original, train, settings, eval_fn=gap,
+                         tokenizer=loaded.tokenizer, quiet=False)
         after = evaluator.measure(model)
         rows.append({
             "objective": objective, "lr": rate, "keep_actual": result.keep_actual,

@@ -6,7 +6,7 @@ import pytest
 from torch import nn
 
 from lowrank.errors import LowRankError, TargetError
-from lowrank.targets import default_targets, select_linears
+from lowrank.targets import CONV, LINEAR, default_targets, select_linears
 
 BERT_LINEARS = ["attention.self.query", "attention.self.key", "attention.self.value",
                 "attention.output.dense", "intermediate.dense", "output.dense"]
@@ -118,3 +118,17 @@ def test_modulelist_of_linears_is_not_a_block():
 def test_non_linear_target_raises(tiny_bert):
     with pytest.raises(TargetError, match="no nn.Linear"):
         select_linears(tiny_bert, "LayerNorm")
+
+
+def test_conv_kind_selects_plain_convolutions_with_the_same_grammar():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 1),  # 1x1: not factorized
+                          nn.Conv2d(8, 8, 3, groups=2), nn.Sequential(nn.Conv2d(8, 4, 3)),
+                          nn.Linear(4, 2))
+    assert list(CONV.select(model)) == ["0", "3.0"]
+    assert list(CONV.select(model, "3")) == ["3.0"]  # a container selects its layers
+    assert list(CONV.select(model, "re:\\d", ignore=["re:0"])) == ["3.0"]
+    assert list(LINEAR.select(model)) == ["4"]
+    with pytest.raises(TargetError, match="invalid regular expression"):
+        CONV.select(model, "re:([")
+    with pytest.raises(TargetError, match="select no plain Conv2d"):
+        CONV.select(model, "4")

@@ -17,7 +17,7 @@ def test_make_config_fills_only_given_options():
 
 
 def test_make_config_rejects_foreign_options():
-    with pytest.raises(ConfigError, match="no option keep"):
+    with pytest.raises(ConfigError, match="no field keep"):
         make_config("eora", keep=0.5)
     with pytest.raises(ConfigError, match="unknown method"):
         make_config("nope")

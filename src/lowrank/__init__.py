@@ -5,7 +5,8 @@
 >>> lr.save(model, "out/"); model = lr.load("out/")
 """
 
-from . import adapt, optim, recover, structured, tensor
+from . import adapt, optim
+from .alloc import ALLOCATORS
 from .api import calibrate, compress, to_dense
 from .calib import CalibrationStats
 from .compress import (
@@ -13,6 +14,7 @@ from .compress import (
     ASVD,
     FWSVD,
     LR2VQ,
+    METHODS,
     RTN,
     SVD,
     SVDLLM,
@@ -23,26 +25,26 @@ from .compress import (
     LoRD,
     MagnitudePrune,
     MoDeGPT,
-    config_from_dict,
 )
 from .compress.result import CompressResult, ModuleReport
 from .errors import LowRankError
 from .io import load, save
 from .nn import LowRankLinear
-from .registry import allocator_names, get_method, method_names
-
-__version__ = "0.1.0"
+from .utils.lazy import lazy_attributes
+from .version import __version__
 
 __all__ = [
     "AFM",
+    "ALLOCATORS",
+    "METHODS",
     "LR2VQ",
     "ConvFactorize",
     "CoSpaDi",
     "MoDeGPT",
     "adapt",
     "optim",
-    "recover",
-    "structured",
+    "matrix",
+    "science",
     "tensor",
     "LoRD",
     "ASVD",
@@ -59,13 +61,13 @@ __all__ = [
     "LowRankLinear",
     "ModuleReport",
     "__version__",
-    "allocator_names",
     "calibrate",
     "compress",
-    "config_from_dict",
-    "get_method",
     "load",
-    "method_names",
     "save",
     "to_dense",
 ]
+
+# the numeric subpackages load on first access (PEP 562), so ``import lowrank`` stays light
+__getattr__ = lazy_attributes(__name__, {"matrix": ".matrix", "science": ".science",
+                                         "tensor": ".tensor"})

@@ -11,13 +11,12 @@ from torch import nn
 
 from .calib.data import TextSource, TokenizedText, read_texts, tokenize
 from .calib.stats import CalibrationStats, collect_statistics
-from .compress.base import CompressionConfig, output_error, replace_module
-from .compress.factorize import sensitivity_probe
+from .compress.base import Calibration, CompressionConfig, output_error, replace_module
 from .compress.result import CompressResult
 from .errors import ConfigError, DataError, LowRankError
-from .nn import count_bytes, count_parameters
-from .registry import get_allocator
-from .targets import select_linears
+from .models.loading import is_causal_lm
+from .nn import StructuredLayer, count_bytes, count_parameters
+from .targets import LINEAR
 
 MANIFEST_ATTR = "lowrank_manifest"
 
@@ -35,8 +34,6 @@ def _guess_tokenizer(model: nn.Module) -> Any:
 
 
 def _fisher_loss(model: nn.Module) -> str:
-    from .models.loading import is_causal_lm
-
     return "causal-lm" if is_causal_lm(model) else "contrastive"
 
 
@@ -61,14 +58,15 @@ def calibrate(
     batch_size: int = 16,
     quiet: bool = True,
 ) -> CalibrationStats:
-    """Collect the statistics ``config`` needs for its targeted modules (one pass over data)."""
-    modules = select_linears(model, config.targets, config.ignore)
+    """Collect the statistics ``config`` needs for its targeted linear layers (one pass over
+    data)."""
+    modules = LINEAR.select(model, config.targets, config.ignore)
     if isinstance(data, TokenizedText):
         tokens = data
     else:
         tokenizer = tokenizer if tokenizer is not None else _guess_tokenizer(model)
         tokens = _tokens(data, tokenizer, seq_len, max_samples)
-    fisher = _fisher_loss(model) if "fisher" in config.needs else None
+    fisher = _fisher_loss(model) if "fisher" in config.statistics else None
     if fisher == "contrastive" and tokenizer is None:
         tokenizer = _guess_tokenizer(model)
     return collect_statistics(model, modules, tokens, fisher_loss=fisher, tokenizer=tokenizer,
@@ -78,7 +76,7 @@ def calibrate(
 def compress(
     model: nn.Module,
     config: CompressionConfig,
-    data: TextSource | TokenizedText = None,
+    data: TextSource | TokenizedText | torch.Tensor = None,
     *,
     tokenizer: Any = None,
     stats: CalibrationStats | None = None,
@@ -90,11 +88,13 @@ def compress(
     """Compress ``model`` in place with ``config``; return what was done and measured.
 
     ``data`` is calibration text (list of strings, a text file path, ``"default"`` for the
-    embedded text) or already tokenised :class:`TokenizedText`; ``stats`` reuses statistics
-    from :func:`calibrate` / :meth:`CalibrationStats.load`. Methods that need data raise
-    :class:`DataError` without either. The method transforms its targeted modules in place
-    (factorizations put a :class:`~lowrank.nn.LowRankLinear` at each allocated rank, or leave
-    a matrix dense where that would not save; EoRA wraps a compressed layer with its
+    embedded text), already tokenised :class:`TokenizedText`, or, for methods that calibrate on
+    images (``"images" in config.needs``: the conv method's output-error allocation), a tensor
+    of images as the model takes them. ``stats`` reuses statistics from :func:`calibrate` /
+    :meth:`CalibrationStats.load`. What the method needs (``config.needs``) must be given, else
+    :class:`DataError`. The method transforms the layers it selects (``config.selects``) in
+    place (factorizations put a :class:`~lowrank.nn.LowRankLinear` at each allocated rank, or
+    leave a matrix dense where that would not save; EoRA wraps a compressed layer with its
     low-rank compensation; quantization and pruning replace or mask the weight).
     """
     if not isinstance(config, CompressionConfig):
@@ -102,44 +102,36 @@ def compress(
                           f"got {type(config).__name__}")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    select = getattr(config, "select_modules", None)  # methods on other layers (convolutions)
-    modules = select(model) if callable(select) else \
-        select_linears(model, config.targets, config.ignore)
+    needs = config.needs
+    modules = config.selects.select(model, config.targets, config.ignore)
     params_before, bytes_before = count_parameters(model), count_bytes(model)
-    tokens = None
-    if data is not None:
+    tokens = images = None
+    if isinstance(data, torch.Tensor):
+        if "images" not in needs:
+            raise DataError(f"method '{config.method}' as configured takes no calibration "
+                            "images: pass calibration text (or nothing) as data")
+        images = data
+    elif data is not None:
+        if "images" in needs:
+            raise DataError(f"method '{config.method}' as configured calibrates on images: pass "
+                            "data=<tensor of images as the model takes them>")
         if tokenizer is None and not isinstance(data, TokenizedText):
             tokenizer = _guess_tokenizer(model)
         tokens = _tokens(data, tokenizer, seq_len, max_samples)
-    if stats is None and tokens is not None:
+    if stats is None and tokens is not None and config.selects is LINEAR:
         stats = calibrate(model, config, tokens, tokenizer=tokenizer, batch_size=batch_size,
                           quiet=quiet)
         timings["calibration"] = time.perf_counter() - t0
-    if config.requires_data and stats is None:
-        raise DataError(f"method '{config.method}' needs calibration data: pass data=<texts> "
-                        "(or stats=...) to compress(), or --data on the command line")
+    _require_inputs(config, stats, tokens, images)
     if stats is not None:
         missing = [n for n in modules if n not in stats.module_site]
         if missing:
             raise DataError(f"statistics do not cover targeted modules {missing[:3]}: "
                             "recollect them for these targets")
-
-    if config.refines and tokens is None:
-        raise DataError(f"method '{config.method}' with its refit stage needs calibration "
-                        "text: pass data=<texts>")
     original = copy.deepcopy(model) if config.refines else None
 
     t1 = time.perf_counter()
-    allocator = get_allocator(config.alloc) if hasattr(config, "alloc") and not callable(select) \
-        else None  # rank allocators of linear layers (conv allocates its keeps itself)
-    if getattr(allocator, "needs_probe", False):
-        if tokens is None:
-            raise DataError("the 'sensitivity' allocator measures the model end to end: pass "
-                            "calibration text (data=...) to compress()")
-        with sensitivity_probe(_output_change_probe(model, tokens)):
-            outcome = config.apply(model, modules, stats)
-    else:
-        outcome = config.apply(model, modules, stats)
+    outcome = config.apply(model, modules, Calibration(stats, tokens, images))
     reports = outcome.reports
     _require_finite(model, [m.name for m in reports], config.method)
     timings["compression"] = time.perf_counter() - t1
@@ -151,7 +143,7 @@ def compress(
             if m.name in change:
                 m.notes["refit_relative_change"] = change[m.name]
                 if stats is not None:
-                    approx = model.get_submodule(m.name).weight_product().detach().double()
+                    approx = model.get_submodule(m.name).dense_weight().detach().double()
                     weight = original.get_submodule(m.name).weight.detach().double()
                     m.rel_output_error = output_error(weight, approx,
                                                       stats.site(m.name).gram)
@@ -173,6 +165,26 @@ def compress(
     return result
 
 
+def _require_inputs(config: CompressionConfig, stats: CalibrationStats | None,
+                    tokens: TokenizedText | None, images: torch.Tensor | None) -> None:
+    """One-line :class:`DataError` when ``config.needs`` something that was not given."""
+    needs = config.needs
+    if config.statistics and stats is None:
+        raise DataError(f"method '{config.method}' needs calibration data: pass data=<texts> "
+                        "(or stats=...) to compress(), or --data on the command line")
+    if "text" in needs and tokens is None:
+        allocator = config.allocator
+        if allocator is not None and allocator.needs_probe:
+            raise DataError(f"the '{allocator.name}' allocator measures the model end to end: "
+                            "pass calibration text (data=...) to compress()")
+        what = "with its refit stage " if config.refines else ""
+        raise DataError(f"method '{config.method}' {what}needs calibration text: pass "
+                        "data=<texts>")
+    if "images" in needs and images is None:
+        raise DataError(f"method '{config.method}' as configured measures on calibration "
+                        "images: pass data=<tensor of images as the model takes them>")
+
+
 def _require_finite(model: nn.Module, names: list[str], method: str) -> None:
     """Refuse a compression whose new tensors hold NaN/inf (naming the module and tensor):
     non-finite calibration statistics or weights would otherwise save a broken model."""
@@ -185,68 +197,13 @@ def _require_finite(model: nn.Module, names: list[str], method: str) -> None:
                                    "outputs on the calibration data for NaN/inf")
 
 
-def _output_change_probe(model: nn.Module, tokens: TokenizedText, passages: int = 32,
-                         batch_size: int = 16):
-    """``probe(name, replacement)``: how much the model's end-to-end quality moves on the first
-    ``passages`` calibration passages when module ``name`` alone is replaced.
-
-    The measure is the one the evaluation reports, so the allocation optimises it: for
-    sentence encoders ``1 - cosine`` of the sentence embeddings against the original's, for
-    causal LMs the mean KL divergence of the next-token distributions from the original's
-    (both second order in a small perturbation).
-    """
-    from .models.forward import hidden_states, sentence_embeddings
-    from .models.loading import is_causal_lm
-
-    device = next(model.parameters()).device
-    subset = TokenizedText(tokens.input_ids[:passages], tokens.attention_mask[:passages],
-                           tokens.texts[:passages])
-    batches = [b.to(device) for b in subset.batches(batch_size)]
-    causal = is_causal_lm(model)
-
-    def outputs(batch):
-        if causal:
-            return torch.log_softmax(hidden_states(model, batch).float(), dim=-1)
-        return sentence_embeddings(model, batch)
-
-    with torch.no_grad():
-        reference = [outputs(b) for b in batches]
-
-    def probe(name: str, replacement: nn.Module) -> float:
-        original = model.get_submodule(name)
-        replace_module(model, name, replacement)
-        try:
-            total = count = 0.0
-            with torch.no_grad():
-                for batch, ref in zip(batches, reference, strict=True):
-                    out = outputs(batch)
-                    if causal:
-                        mask = batch.attention_mask.bool()
-                        kl = (ref.exp() * (ref - out)).sum(-1)
-                        total += float(kl[mask].sum())
-                        count += int(mask.sum())
-                    else:
-                        total += float((1 - (out * ref).sum(-1)).sum())
-                        count += out.shape[0]
-        finally:
-            replace_module(model, name, original)
-        return max(total / max(count, 1), 0.0)
-
-    probe.passages = subset  # type: ignore[attr-defined]  # what the probe measures on
-    return probe
-
-
 def to_dense(model: nn.Module) -> nn.Module:
-    """Replace every structured layer by its dense equivalent, in place, outermost first:
-    ``to_linear`` (low-rank, quantized, residual layers) or ``to_embedding`` (factorized
-    embedding tables)."""
+    """Replace every :class:`~lowrank.nn.StructuredLayer` below ``model`` by its
+    ``to_dense_module()`` (an equivalent ``nn.Linear`` / ``nn.Conv2d`` / ``nn.Embedding``), in
+    place, outermost first; returns ``model``."""
     for name, module in list(model.named_modules()):
-        if not name or not _still_attached(model, name, module):
-            continue
-        if hasattr(module, "to_linear"):
-            replace_module(model, name, module.to_linear())
-        elif hasattr(module, "to_embedding"):
-            replace_module(model, name, module.to_embedding())
+        if name and isinstance(module, StructuredLayer) and _still_attached(model, name, module):
+            replace_module(model, name, module.to_dense_module())
     return model
 
 

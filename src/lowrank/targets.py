@@ -2,17 +2,20 @@
 
 A pattern is a class name (``"Linear"``), a module name matched exactly or as a dotted suffix
 (``"query"`` matches ``encoder.layer.0.attention.self.query``), or a regular expression after
-``re:`` matched against the whole name. A pattern that selects a container selects the linear
-layers inside it. With no ``targets``, the default is every ``nn.Linear`` inside the repeated
-blocks of the model (the children of a ``ModuleList`` of two or more blocks of one class): the
-attention and MLP projections of a transformer, without embeddings, heads or poolers.
+``re:`` matched against the whole name. A pattern that selects a container selects the layers
+inside it. What counts as a layer is a :class:`LayerKind`: :data:`LINEAR` (``nn.Linear``; with
+no ``targets``, every one inside the repeated blocks of the model, i.e. the children of a
+``ModuleList`` of two or more blocks of one class: the attention and MLP projections of a
+transformer, without embeddings, heads or poolers) or :data:`CONV` (plain ``nn.Conv2d``; with
+no ``targets``, all of them). A compression method declares its kind (``selects``).
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -61,40 +64,67 @@ def default_targets(model: nn.Module) -> dict[str, nn.Linear]:
     return {n: m for n, m in linears.items() if any(n.startswith(p) for p in prefixes)}
 
 
+def _plain_conv(module: nn.Module) -> bool:
+    """An ``nn.Conv2d`` that Tucker-2 / CP factorize: groups 1, kernel larger than 1x1,
+    numeric zero padding."""
+    return isinstance(module, nn.Conv2d) and module.groups == 1 and \
+        module.padding_mode == "zeros" and not isinstance(module.padding, str) and \
+        module.kernel_size != (1, 1)
+
+
+@dataclass(frozen=True)
+class LayerKind:
+    """The layers a method transforms: which modules qualify and the default selection."""
+
+    description: str  # for errors: 'nn.Linear module'
+    accepts: Callable[[nn.Module], bool]
+    default: Callable[[nn.Module], dict[str, nn.Module]]  # the selection without targets
+
+    def select(self, model: nn.Module, targets: Patterns = None, ignore: Patterns = None
+               ) -> dict[str, nn.Module]:
+        """The layers of this kind selected by ``targets`` minus ``ignore`` (in model order).
+
+        Raises :class:`TargetError` when a pattern matches nothing (listing the closest names)
+        or nothing is selected.
+        """
+        named = dict(model.named_modules())
+        target_list, ignore_list = _as_list(targets), _as_list(ignore)
+        for pattern in target_list + ignore_list:
+            if pattern.startswith("re:"):
+                try:
+                    re.compile(pattern[3:])
+                except re.error as exc:
+                    raise TargetError(f"invalid regular expression in '{pattern}': {exc}") \
+                        from exc
+            if not any(_matches(pattern, n, m) for n, m in named.items() if n):
+                raise TargetError(_no_match_message(pattern, named))
+        if target_list:
+            hits = [n for n, m in named.items()
+                    if n and any(_matches(p, n, m) for p in target_list)]
+            selected = {n: m for n, m in named.items() if self.accepts(m)
+                        and any(n == h or n.startswith(h + ".") for h in hits)}
+        else:
+            selected = self.default(model)
+        if ignore_list:
+            dropped = [n for n, m in named.items()
+                       if n and any(_matches(p, n, m) for p in ignore_list)]
+            selected = {n: m for n, m in selected.items()
+                        if not any(n == d or n.startswith(d + ".") for d in dropped)}
+        if not selected:
+            raise TargetError(f"targets {target_list or 'default'} (ignore {ignore_list}) "
+                              f"select no {self.description}: expected at least one")
+        return selected
+
+
+LINEAR = LayerKind("nn.Linear module", lambda m: isinstance(m, nn.Linear), default_targets)
+CONV = LayerKind("plain Conv2d layer (groups 1, kernel larger than 1x1)", _plain_conv,
+                 lambda model: {n: m for n, m in model.named_modules() if _plain_conv(m)})
+
+
 def select_linears(model: nn.Module, targets: Patterns = None, ignore: Patterns = None
                    ) -> dict[str, nn.Linear]:
-    """The ``nn.Linear`` modules selected by ``targets`` minus ``ignore`` (in model order).
-
-    Raises :class:`TargetError` when a pattern matches nothing, listing the closest names.
-    """
-    named = dict(model.named_modules())
-    target_list, ignore_list = _as_list(targets), _as_list(ignore)
-    for pattern in target_list + ignore_list:
-        if pattern.startswith("re:"):
-            try:
-                re.compile(pattern[3:])
-            except re.error as exc:
-                raise TargetError(f"invalid regular expression in '{pattern}': {exc}") from exc
-        if not any(_matches(pattern, n, m) for n, m in named.items() if n):
-            raise TargetError(_no_match_message(pattern, named))
-    if target_list:
-        hits = [n for n, m in named.items() if n and any(_matches(p, n, m) for p in target_list)]
-        selected = {
-            n: m for n, m in named.items()
-            if isinstance(m, nn.Linear) and any(n == h or n.startswith(h + ".") for h in hits)
-        }
-    else:
-        selected = default_targets(model)
-    if ignore_list:
-        dropped = [n for n, m in named.items() if n and any(_matches(p, n, m) for p in ignore_list)]
-        selected = {n: m for n, m in selected.items()
-                    if not any(n == d or n.startswith(d + ".") for d in dropped)}
-    if not selected:
-        raise TargetError(
-            f"targets {target_list or 'default'} (ignore {ignore_list}) select no nn.Linear "
-            "module: expected at least one linear layer"
-        )
-    return selected
+    """The ``nn.Linear`` modules selected by ``targets`` minus ``ignore`` (in model order)."""
+    return LINEAR.select(model, targets, ignore)
 
 
 def _no_match_message(pattern: str, named: dict[str, nn.Module]) -> str:

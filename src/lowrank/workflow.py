@@ -26,7 +26,7 @@ from .calib.data import (
     require_passages,
     tokenize,
 )
-from .compress.base import CompressionConfig
+from .compress import CompressionConfig, FactorizationConfig
 from .data.images import Images, image_files, image_size, prepare_images, read_images
 from .errors import ConfigError, DataError, TargetError
 from .eval import Evaluator
@@ -36,8 +36,7 @@ from .io.checkpoint import write_checkpoint
 from .models.config import model_positions
 from .models.loading import DEFAULT_MODEL_NAME, LoadedModel, load_model, peek_kind
 from .nn import count_parameters
-from .registry import get_method
-from .targets import select_linears
+from .targets import LINEAR, select_linears
 from .utils.env import environment, resolve_device
 from .utils.log import StageLog
 
@@ -61,25 +60,16 @@ DEFAULT_OPTIONS: dict[str, Any] = {"alloc": "sensitivity", "embeddings": True,
 #: allocations, CP and keeps).
 DEFAULT_VISION_METHOD = "conv"
 DEFAULT_VISION_OPTIONS: dict[str, Any] = {"alloc": "output-error", "keep": 0.5}
-#: Calibration images that the 'output-error' allocation of convolutions runs on (it keeps every
-#: convolution's input in memory at once).
-CONV_ALLOC_IMAGES = 64
 
 
 def make_config(method: str, **options: Any) -> CompressionConfig:
     """Build a method config by registry name from options (``None`` = the method's default).
 
     An option the method does not have raises :class:`ConfigError` naming it and the
-    method's fields, so a flag is never silently ignored.
+    method's fields (:meth:`CompressionConfig.from_dict`), so a flag is never silently ignored.
     """
-    cls = get_method(method)
-    names = [f.name for f in dataclasses.fields(cls)]
     given = {k: v for k, v in options.items() if v is not None}
-    unknown = sorted(set(given) - set(names))
-    if unknown:
-        raise ConfigError(f"method '{cls.method}' has no option {', '.join(unknown)}: its "
-                          f"options are {', '.join(names)}")
-    return cls(**given)
+    return CompressionConfig.from_dict({**given, "method": method})
 
 
 def compress_job(
@@ -162,7 +152,8 @@ def compress_job(
     log(f"loading {model or DEFAULT_MODEL_NAME} on {device}")
     loaded = load_model(model, device=device)
     _select(loaded, config)
-    if default and getattr(config, "embeddings", False) and not _table_compressible(loaded.model):
+    if default and isinstance(config, FactorizationConfig) and config.embeddings \
+            and not _table_compressible(loaded.model):
         config = dataclasses.replace(config, embeddings=False)
     if default:
         log(f"no --method given: using the default {describe_config(config)} (the best "
@@ -188,10 +179,10 @@ def compress_job(
     quality_before = evaluator.reference(loaded.model)
     original = copy.deepcopy(loaded.model) if finetune_steps > 0 else None
     if vision:
-        if getattr(config, "alloc", None) == "output-error" and not config.keeps:
-            config = _allocate_conv_keeps(loaded, config, calib_inputs, log)
-        log(f"compressing with {describe_config(config)}")
-        result = compress(loaded.model, config, quiet=quiet)
+        images = calib_inputs.pixel_values if "images" in config.needs else None
+        log(f"compressing with {describe_config(config)}"
+            + (f" on {len(calib_inputs)} calibration images" if images is not None else ""))
+        result = compress(loaded.model, config, images, quiet=quiet)
     else:
         log(f"compressing with {config.method} on {len(calib_inputs)} calibration passages")
         result = compress(loaded.model, config, calib_inputs, tokenizer=loaded.tokenizer,
@@ -254,14 +245,10 @@ def describe_config(config: CompressionConfig) -> str:
 
 def _select(loaded: LoadedModel, config: CompressionConfig) -> None:
     """Check that ``config`` selects some module of the loaded model (one-line error if not)."""
-    select = getattr(config, "select_modules", None)
     try:
-        if callable(select):
-            select(loaded.model)
-        else:
-            select_linears(loaded.model, config.targets, config.ignore)
+        config.selects.select(loaded.model, config.targets, config.ignore)
     except TargetError as exc:
-        if loaded.kind != "vision" or callable(select):
+        if loaded.kind != "vision" or config.selects is not LINEAR:
             raise
         raise TargetError(f"{exc}; '{loaded.name}' is a vision model: use --method conv to "
                           "factorize its convolutions") from exc
@@ -272,15 +259,11 @@ def _check_vision_job(config: CompressionConfig, name: str | None, finetune_step
     if finetune_steps:
         raise ConfigError(f"finetune_steps={finetune_steps}: recovery fine-tuning distils on "
                           f"text and is not available for the vision model '{name}'; use 0")
-    if hasattr(config, "select_modules"):  # methods on convolutions, data-free
-        return
-    from .registry import get_allocator
-
-    probe = hasattr(config, "alloc") and getattr(get_allocator(config.alloc), "needs_probe",
-                                                 False)
-    if config.requires_data or config.refines or probe:
-        what = f"method '{config.method}'" if config.requires_data or config.refines \
-            else f"allocator '{config.alloc}'"
+    if config.needs - {"images"}:
+        allocator = config.allocator
+        what = f"method '{config.method}'" if config.statistics or config.refines \
+            or allocator is None or not allocator.needs_probe \
+            else f"allocator '{allocator.name}'"
         raise ConfigError(f"{what} calibrates on text, but '{name}' is a vision model: use "
                           "--method conv (its convolutions) or a method that needs no "
                           "calibration data, such as svd, on its Linear layers")
@@ -314,20 +297,6 @@ def _prepare(loaded: LoadedModel, raw: list) -> Images:
     return Images(images.pixel_values.to(device))
 
 
-def _allocate_conv_keeps(loaded: LoadedModel, config: CompressionConfig, images: Images,
-                         log: StageLog) -> CompressionConfig:
-    """Per-convolution keeps within ``config.keep`` from measured output errors."""
-    from .compress.conv import allocate_conv_keeps, keep_grid
-
-    n = min(len(images), CONV_ALLOC_IMAGES)
-    log(f"allocating per-convolution keeps from output errors on {n} calibration images")
-    keeps = allocate_conv_keeps(loaded.model, images.pixel_values[:n], config.keep,
-                                config.decomposition, targets=config.targets,
-                                ignore=config.ignore, grid=keep_grid(config.keep),
-                                seed=config.seed)
-    return dataclasses.replace(config, keeps=keeps)
-
-
 def _table_compressible(model: torch.nn.Module) -> bool:
     """Whether the input-embedding table is an untied ``nn.Embedding`` (the default config
     compresses it only then)."""
@@ -341,16 +310,16 @@ def _table_compressible(model: torch.nn.Module) -> bool:
 def _recover(loaded: LoadedModel, original: torch.nn.Module, texts: list[str], seq_len: int,
              steps: int, seed: int, quiet: bool) -> dict[str, Any]:
     """PELA-style distillation of the factors; early stopping on held-out calibration text."""
-    from .finetune import causal_lm_nll, embedding_gap, recover
+    from .finetune import RecoveryConfig, causal_lm_nll, embedding_gap, recover
 
     stop = max(1, len(texts) // 8)
     train = tokenize(texts[:-stop] or texts, loaded.tokenizer, seq_len)
     held = tokenize(texts[-stop:], loaded.tokenizer, seq_len)
     criterion = (causal_lm_nll(held) if loaded.kind == "causal-lm"
                  else embedding_gap(original, held))
-    report = recover(loaded.model, original, train, steps=steps, eval_fn=criterion,
-                     eval_every=max(1, steps // 8), tokenizer=loaded.tokenizer, seed=seed,
-                     quiet=quiet)
+    config = RecoveryConfig(steps=steps, eval_every=max(1, steps // 8), seed=seed)
+    report = recover(loaded.model, original, train, config, eval_fn=criterion,
+                     tokenizer=loaded.tokenizer, quiet=quiet)
     return report.to_dict()
 
 
@@ -433,7 +402,7 @@ def _summary(loaded: LoadedModel, config, result, before, after, out) -> dict[st
         "model": loaded.name,
         "kind": loaded.kind,
         "method": config.method,
-        "alloc": getattr(config, "alloc", None),
+        "alloc": None if config.allocator is None else config.allocator.name,
         "keep_target": result.keep_target,
         "keep_actual": round(result.keep_actual, 6),
         "compression_ratio": round(1 - result.keep_actual, 6),
@@ -525,8 +494,7 @@ def inspect_job(
     Data-free: uses the weight spectra only. The preview is the uniform allocation of plain
     SVD at ``keep``, with the resulting parameter counts.
     """
-    from .alloc.budget import BudgetItem
-    from .registry import get_allocator
+    from .alloc import BudgetItem, Uniform
 
     if not 0 < keep <= 1:
         raise ConfigError(f"keep must be in (0, 1] (fraction of parameters kept), got {keep}")
@@ -546,7 +514,7 @@ def inspect_job(
                        "effective_rank": round(eff, 2), "stable_rank": round(stable, 2),
                        "break_even_rank": round(items[-1].break_even, 1),
                        "spectrum": [float(v) for v in s]})
-    allocation = get_allocator("uniform")(items, keep)
+    allocation = Uniform().allocate(items, keep)
     for layer in layers:
         layer["preview_rank"] = allocation.ranks[layer["name"]]
     total = count_parameters(loaded.model)

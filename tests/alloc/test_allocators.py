@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lowrank.alloc import Allocation, BudgetItem, total_cost
+from lowrank.alloc import ALLOCATORS, Allocation, BudgetItem, total_cost
 from lowrank.errors import ConfigError
-from lowrank.registry import allocator_names, get_allocator
 
-ALLOCATORS = ["uniform", "energy"]
+NAMES = ["uniform", "energy"]
 KEEPS = [0.2, 0.4, 0.6, 0.8, 0.95]
 
 
@@ -37,15 +36,15 @@ def _max_step(items: list[BudgetItem]) -> int:
 
 
 def test_registry_lists_builtins():
-    assert set(ALLOCATORS) <= set(allocator_names())
+    assert set(NAMES) <= set(ALLOCATORS.names())
     with pytest.raises(ConfigError, match="allocator"):
-        get_allocator("no-such-allocator")
+        ALLOCATORS.get("no-such-allocator")
 
 
-@pytest.mark.parametrize("name", ALLOCATORS)
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("keep", KEEPS)
 def test_budget_is_met(items, name, keep):
-    alloc = get_allocator(name)(items, keep)
+    alloc = ALLOCATORS.get(name)().allocate(items, keep)
     assert isinstance(alloc, Allocation)
     assert alloc.allocator == name
     before = sum(it.dense_cost() for it in items)
@@ -64,20 +63,20 @@ def test_budget_is_met(items, name, keep):
     assert d["keep_actual"] == alloc.keep_actual and d["ranks"] == alloc.ranks
 
 
-@pytest.mark.parametrize("name", ALLOCATORS)
+@pytest.mark.parametrize("name", NAMES)
 def test_keep_one_leaves_everything_dense(items, name):
-    alloc = get_allocator(name)(items, 1.0)
+    alloc = ALLOCATORS.get(name)().allocate(items, 1.0)
     assert alloc.ranks == {it.name: None for it in items}
     assert alloc.keep_actual == 1.0
 
 
-@pytest.mark.parametrize("name", ALLOCATORS)
+@pytest.mark.parametrize("name", NAMES)
 def test_keep_one_on_square_and_nonsquare(name):
     # 64x96 has a non-integer break-even rank, 64x64 an integer one; keep=1 must not factorize
     # either (factorizing at max_rank saves < m+n parameters and adds approximation error).
     items = [BudgetItem("a", 64, 96, True, _spectrum(64, 0.9)),
              BudgetItem("b", 64, 64, False, _spectrum(64, 0.9))]
-    alloc = get_allocator(name)(items, 1.0)
+    alloc = ALLOCATORS.get(name)().allocate(items, 1.0)
     assert alloc.ranks == {"a": None, "b": None}
 
 
@@ -95,7 +94,7 @@ def test_max_rank_is_largest_saving_rank():
 def test_uniform_gives_equal_ranks_to_equal_shapes():
     items = [BudgetItem(f"q{i}", 128, 128, True, _spectrum(128, 0.5 + 0.1 * i))
              for i in range(4)]
-    alloc = get_allocator("uniform")(items, 0.5)
+    alloc = ALLOCATORS.get("uniform")().allocate(items, 0.5)
     ranks = [alloc.ranks[it.name] for it in items]
     assert max(ranks) - min(ranks) <= 1
 
@@ -107,7 +106,7 @@ def test_energy_gives_more_rank_to_flatter_spectra():
         BudgetItem("steep", n, n, False, _spectrum(n, 0.85)),
         BudgetItem("medium", n, n, False, _spectrum(n, 0.97)),
     ]
-    alloc = get_allocator("energy")(items, 0.4)
+    alloc = ALLOCATORS.get("energy")().allocate(items, 0.4)
     r = alloc.ranks
     assert r["flat"] is not None and r["steep"] is not None and r["medium"] is not None
     assert r["flat"] > r["medium"] > r["steep"]
@@ -116,8 +115,8 @@ def test_energy_gives_more_rank_to_flatter_spectra():
 
 
 def test_energy_threshold_is_reported(items):
-    alloc = get_allocator("energy")(items, 0.5)
+    alloc = ALLOCATORS.get("energy")().allocate(items, 0.5)
     tau = alloc.details["energy_kept_threshold"]
     assert 0.0 <= tau <= 1.0
-    frac = get_allocator("uniform")(items, 0.5).details["fraction_of_break_even"]
+    frac = ALLOCATORS.get("uniform")().allocate(items, 0.5).details["fraction_of_break_even"]
     assert 0.0 < frac < 1.0

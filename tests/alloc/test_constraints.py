@@ -8,12 +8,11 @@ import pytest
 import torch
 
 from lowrank import SVDLLM
-from lowrank.alloc import BudgetItem, RankConstraints, total_cost
+from lowrank.alloc import ALLOCATORS, BudgetItem, RankConstraints, total_cost
 from lowrank.alloc.budget import greedy_fill
 from lowrank.errors import ConfigError
-from lowrank.registry import get_allocator
 
-ALLOCATORS = ["uniform", "energy", "welore", "svdllm-v2", "sensitivity", "sensitivity-sqrt"]
+NAMES = ["uniform", "energy", "welore", "svdllm-v2", "sensitivity", "sensitivity-sqrt"]
 KEEPS = [0.2, 0.35, 0.5, 0.65, 0.8, 0.95]
 
 
@@ -58,10 +57,10 @@ def _check_constraints(items, alloc, c: RankConstraints) -> None:
         assert c.min_keep - 1e-12 <= frac <= c.max_keep + 1e-12, (it.name, k, frac)
 
 
-@pytest.mark.parametrize("name", ALLOCATORS)
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("keep", KEEPS)
 def test_budget_within_half_percent(items, name, keep):
-    alloc = get_allocator(name)(items, keep)
+    alloc = ALLOCATORS.get(name)().allocate(items, keep)
     assert alloc.allocator == name
     assert alloc.params_before == _dense(items)
     assert alloc.params_after == total_cost(items, alloc.ranks)
@@ -71,11 +70,11 @@ def test_budget_within_half_percent(items, name, keep):
     assert alloc.details["constraints"] == {"min_keep": 0.0, "max_keep": 1.0, "align": 1}
 
 
-@pytest.mark.parametrize("name", ALLOCATORS)
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("keep", [0.2, 0.5, 0.8, 0.95])
 def test_alignment_to_multiples_of_8(items, name, keep):
     c = RankConstraints(align=8)
-    alloc = get_allocator(name)(items, keep, constraints=c)
+    alloc = ALLOCATORS.get(name)().allocate(items, keep, constraints=c)
     _check_constraints(items, alloc, c)
     assert any(k is not None for k in alloc.ranks.values())
     # within one aligned step of the budget, never over it
@@ -84,35 +83,35 @@ def test_alignment_to_multiples_of_8(items, name, keep):
     assert alloc.details["constraints"]["align"] == 8
 
 
-@pytest.mark.parametrize("name", ALLOCATORS)
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize(("keep", "lo", "hi"), [(0.3, 0.15, 0.6), (0.5, 0.3, 0.7),
                                                 (0.6, 0.2, 1.0), (0.25, 0.0, 0.3)])
 def test_keep_bounds_are_honoured(items, name, keep, lo, hi):
     c = RankConstraints(min_keep=lo, max_keep=hi)
-    alloc = get_allocator(name)(items, keep, constraints=c)
+    alloc = ALLOCATORS.get(name)().allocate(items, keep, constraints=c)
     _check_constraints(items, alloc, c)
     assert abs(alloc.keep_actual - keep) / keep <= 0.005
 
 
-@pytest.mark.parametrize("name", ALLOCATORS)
+@pytest.mark.parametrize("name", NAMES)
 def test_bounds_and_alignment_together(items, name):
     c = RankConstraints(min_keep=0.2, max_keep=0.9, align=8)
-    alloc = get_allocator(name)(items, 0.55, constraints=c)
+    alloc = ALLOCATORS.get(name)().allocate(items, 0.55, constraints=c)
     _check_constraints(items, alloc, c)
     step = max(it.cost(8) - it.cost(0) for it in items)
     assert 0 <= alloc.target_params - alloc.params_after < step
 
 
-@pytest.mark.parametrize("name", ALLOCATORS)
+@pytest.mark.parametrize("name", NAMES)
 def test_bounds_bind(items, name):
     """A tight band forces every matrix into it, whatever the allocator would prefer."""
     c = RankConstraints(min_keep=0.45, max_keep=0.55)
-    alloc = get_allocator(name)(items, 0.5, constraints=c)
+    alloc = ALLOCATORS.get(name)().allocate(items, 0.5, constraints=c)
     _check_constraints(items, alloc, c)
     assert abs(alloc.keep_actual - 0.5) / 0.5 <= 0.005
 
 
-@pytest.mark.parametrize("name", ALLOCATORS)
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize(("keep", "c"), [
     (0.9, RankConstraints(max_keep=0.5)),  # cannot keep 90% if no matrix may keep over 50%
     (0.3, RankConstraints(min_keep=0.6)),  # nor 30% if each factorized matrix keeps >= 60%
@@ -120,14 +119,15 @@ def test_bounds_bind(items, name):
 ])
 def test_infeasible_bounds_raise(items, name, keep, c):
     with pytest.raises(ConfigError, match=r"cannot be met under .* allow keep between"):
-        get_allocator(name)(items, keep, constraints=c)
+        ALLOCATORS.get(name)().allocate(items, keep, constraints=c)
 
 
 def test_max_keep_below_smallest_rank_names_the_matrix():
     items = [BudgetItem("tiny", 16, 16, False, torch.ones(16, dtype=torch.float64)),
              BudgetItem("big", 256, 256, False, torch.ones(256, dtype=torch.float64))]
     with pytest.raises(ConfigError, match="'tiny'.*max_keep < 1 forbids leaving it dense"):
-        get_allocator("uniform")(items, 0.02, constraints=RankConstraints(max_keep=0.02))
+        ALLOCATORS.get("uniform")().allocate(items, 0.02,
+                                             constraints=RankConstraints(max_keep=0.02))
 
 
 def test_aligned_rank_that_cannot_save_stays_dense():
@@ -138,8 +138,8 @@ def test_aligned_rank_that_cannot_save_stays_dense():
                         sensitivity=0.1)]
     c = RankConstraints(align=8)
     assert c.limits(items[0]).lo > c.limits(items[0]).hi
-    for name in ALLOCATORS:
-        alloc = get_allocator(name)(items, 0.5, constraints=c)
+    for name in NAMES:
+        alloc = ALLOCATORS.get(name)().allocate(items, 0.5, constraints=c)
         assert alloc.ranks["small"] is None
         assert alloc.ranks["big"] % 8 == 0
 

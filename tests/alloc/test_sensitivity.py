@@ -9,10 +9,9 @@ import pytest
 import torch
 
 import lowrank
-from lowrank.alloc import BudgetItem
+from lowrank.alloc import ALLOCATORS, BudgetItem
 from lowrank.alloc.sensitivity import probe_rank
 from lowrank.errors import DataError
-from lowrank.registry import get_allocator
 
 
 def _items(sensitivities):
@@ -27,7 +26,7 @@ def _items(sensitivities):
 @pytest.mark.parametrize("keep", [0.3, 0.5, 0.7, 0.9])
 def test_budget_met_and_sensitive_matrices_keep_more(name, keep):
     items = _items([0.01, 0.01, 0.01, 0.5])
-    alloc = get_allocator(name)(items, keep)
+    alloc = ALLOCATORS.get(name)().allocate(items, keep)
     assert alloc.params_after <= alloc.target_params
     assert abs(alloc.keep_actual - keep) <= 0.005 * keep + 300 / alloc.params_before
     ranks = alloc.ranks
@@ -38,8 +37,8 @@ def test_budget_met_and_sensitive_matrices_keep_more(name, keep):
 
 def test_sqrt_rule_with_equal_sensitivities_is_uniform():
     items = _items([0.1, 0.1, 0.1, 0.1])
-    a = get_allocator("sensitivity-sqrt")(items, 0.6)
-    b = get_allocator("uniform")(items, 0.6)
+    a = ALLOCATORS.get("sensitivity-sqrt")().allocate(items, 0.6)
+    b = ALLOCATORS.get("uniform")().allocate(items, 0.6)
     assert abs(a.params_after - b.params_after) <= 2 * max(it.out_features + it.in_features
                                                            for it in items)
 
@@ -47,7 +46,7 @@ def test_sqrt_rule_with_equal_sensitivities_is_uniform():
 @pytest.mark.parametrize("name", ["sensitivity", "sensitivity-sqrt"])
 def test_needs_measurements(name):
     with pytest.raises(DataError, match="sensitivities"):
-        get_allocator(name)(_items([None, 0.1, 0.1, 0.1]), 0.6)
+        ALLOCATORS.get(name)().allocate(_items([None, 0.1, 0.1, 0.1]), 0.6)
 
 
 def _predicted_loss(items, ranks):
@@ -76,11 +75,12 @@ def test_lagrangian_beats_every_other_allocation_of_the_same_budget(keep):
              for i, ((m, n), s) in enumerate(zip(shapes, sens, strict=True))]
     for it in items:
         it.spectrum = it.spectrum.sort(descending=True).values
-    ours = get_allocator("sensitivity")(items, keep)
+    ours = ALLOCATORS.get("sensitivity")().allocate(items, keep)
     assert ours.params_after <= ours.target_params
     mine = _predicted_loss(items, ours.ranks)
     for other in ("uniform", "energy", "sensitivity-sqrt"):
-        assert mine <= _predicted_loss(items, get_allocator(other)(items, keep).ranks) + 1e-12
+        theirs = ALLOCATORS.get(other)().allocate(items, keep).ranks
+        assert mine <= _predicted_loss(items, theirs) + 1e-12
     options = [[*range(1, it.max_rank + 1), None] for it in items]
     best = min(_predicted_loss(items, dict(zip([it.name for it in items], combo, strict=True)))
                for combo in itertools.product(*options)

@@ -10,13 +10,12 @@ import torch
 
 import lowrank
 from lowrank import SVDLLM, LowRankLinear
-from lowrank.alloc import BudgetItem, RankConstraints
+from lowrank.alloc import ALLOCATORS, BudgetItem, RankConstraints, WeLore
 from lowrank.alloc.v2 import group_fractions, group_key, inverse_log, truncation_loss
 from lowrank.alloc.welore import normalised_spectrum, threshold_for_rank_reduction
 from lowrank.errors import ConfigError
-from lowrank.registry import get_allocator
 
-ALLOCATORS = ["uniform", "energy", "welore", "svdllm-v2"]
+NAMES = ["uniform", "energy", "welore", "svdllm-v2"]
 
 
 def _heavy(n: int, power: float = 2.0) -> torch.Tensor:
@@ -40,7 +39,7 @@ def test_welore_prunes_heavy_tailed_matrices_more(keep):
     n = 128
     items = [BudgetItem(f"heavy{i}", n, n, False, _heavy(n, 0.5 + 0.5 * i)) for i in range(3)]
     items += [BudgetItem(f"flat{i}", n, n, False, _flat(n) * (1 + i)) for i in range(3)]
-    alloc = get_allocator("welore")(items, keep)
+    alloc = ALLOCATORS.get("welore")().allocate(items, keep)
     assert abs(alloc.keep_actual - keep) / keep <= 0.005
     r = alloc.ranks
     heavy = [r[f"heavy{i}"] for i in range(3)]
@@ -65,7 +64,7 @@ def test_welore_threshold_rule_and_details():
         items.append(BudgetItem(f"layers.{i}.w", m, n, bool(i % 3 == 0),
                                 _heavy(min(m, n), power)))
     for keep in [0.3, 0.6, 0.85]:
-        alloc = get_allocator("welore")(items, keep)
+        alloc = ALLOCATORS.get("welore")().allocate(items, keep)
         d = alloc.details
         tau = d["tau"]
         assert 0 <= tau <= 1
@@ -106,17 +105,17 @@ def test_welore_uses_the_weight_spectrum_when_given():
     # same weight spectra, but a flat "whitened" method spectrum: the allocation must not move
     masked = [BudgetItem(it.name, n, n, False, _flat(n), weight_spectrum=it.spectrum)
               for it in heavy]
-    a = get_allocator("welore")(heavy, 0.4)
-    b = get_allocator("welore")(masked, 0.4)
+    a = ALLOCATORS.get("welore")().allocate(heavy, 0.4)
+    b = ALLOCATORS.get("welore")().allocate(masked, 0.4)
     assert a.ranks == b.ranks
     assert b.details["spectrum"] == "weight"
-    assert getattr(get_allocator("welore"), "needs_weight_spectrum", False)
+    assert ALLOCATORS.get("welore").needs_weight_spectrum
 
 
 def test_welore_min_ratio_keeps_lightly_pruned_matrices_dense():
     n = 128
     items = [BudgetItem(f"m{i}", n, n, False, _heavy(n, 0.3 + 0.3 * i)) for i in range(6)]
-    alloc = get_allocator("welore")(items, 0.6, min_ratio=0.7)
+    alloc = WeLore(min_ratio=0.7).allocate(items, 0.6)
     tau = alloc.details["tau"]
     for it in items:
         pruned = int((normalised_spectrum(it.spectrum) < tau).sum())
@@ -124,7 +123,7 @@ def test_welore_min_ratio_keeps_lightly_pruned_matrices_dense():
             assert pruned / n > 0.7
     assert alloc.details["min_ratio"] == 0.7
     with pytest.raises(ConfigError, match="min_ratio"):
-        get_allocator("welore")(items, 0.6, min_ratio=1.0)
+        WeLore(min_ratio=1.0)
 
 
 # --- SVD-LLM V2 -------------------------------------------------------------------------------
@@ -169,7 +168,7 @@ def test_v2_group_means_stay_at_target_before_the_fix(keep):
     kept = fr.kept()
     for names in fr.groups.values():
         assert sum(kept[n] for n in names) / len(names) == pytest.approx(keep)
-    alloc = get_allocator("svdllm-v2")(items, keep)
+    alloc = ALLOCATORS.get("svdllm-v2")().allocate(items, keep)
     assert alloc.details["group_keep"] == pytest.approx(kept)
     assert abs(alloc.keep_actual - keep) / keep <= 0.005
     assert alloc.details["scale"] == pytest.approx(1.0, rel=0.2)
@@ -178,7 +177,7 @@ def test_v2_group_means_stay_at_target_before_the_fix(keep):
 def test_v2_larger_truncation_loss_gets_larger_rank():
     items = _grouped_items()
     keep = 0.5
-    alloc = get_allocator("svdllm-v2")(items, keep)
+    alloc = ALLOCATORS.get("svdllm-v2")().allocate(items, keep)
     losses = alloc.details["truncation_loss"]
     for it in items:
         k_u = math.floor(keep * it.break_even)
@@ -198,15 +197,15 @@ def test_v2_singleton_groups_match_uniform():
                         torch.rand(64 + 8 * i if i < 4 else 96, generator=gen,
                                    dtype=torch.float64).sort(descending=True).values)
              for i in range(8)]
-    v2 = get_allocator("svdllm-v2")(items, 0.5)
-    uni = get_allocator("uniform")(items, 0.5)
+    v2 = ALLOCATORS.get("svdllm-v2")().allocate(items, 0.5)
+    uni = ALLOCATORS.get("uniform")().allocate(items, 0.5)
     assert all(abs(v2.ranks[n] - uni.ranks[n]) <= 1 for n in uni.ranks)
 
 
 # --- end to end through lowrank.compress ------------------------------------------------------
 
 @pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_bert"])
-@pytest.mark.parametrize("alloc", ALLOCATORS)
+@pytest.mark.parametrize("alloc", NAMES)
 def test_compress_end_to_end(request, model_name, alloc, tokenizer, calib_texts):
     model = copy.deepcopy(request.getfixturevalue(model_name))
     result = lowrank.compress(model, SVDLLM(keep=0.6, alloc=alloc), data=calib_texts,

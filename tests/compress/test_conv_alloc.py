@@ -47,6 +47,25 @@ def test_keeps_apply_per_layer_and_match_factorize_convs():
         assert by_name[name].notes["keep"] == keep
 
 
+def test_output_error_allocation_runs_inside_compress():
+    """alloc='output-error' names the registered allocator; lr.compress measures the keeps on
+    the images it is given, exactly as allocate_conv_keeps on the same images."""
+    assert ConvFactorize(alloc="output-error").needs == {"images"}
+    assert ConvFactorize(alloc="output-error", keeps={"2": 0.2}).needs == frozenset()
+    assert ConvFactorize().needs == frozenset()
+    images = torch.randn(70, 3, 8, 8)
+    model, reference = conv_only(), conv_only()
+    config = ConvFactorize(keep=0.3, alloc="output-error", ignore=["0"])
+    result = lr.compress(model, config, data=images)
+    keeps = allocate_conv_keeps(reference, images[:64], 0.3, ignore=["0"], grid=keep_grid(0.3))
+    assert result.allocation["keeps"] == keeps and len(set(keeps.values())) > 1
+    factorize_convs(reference, keeps)
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
+    with pytest.raises(DataError, match="no calibration images"):
+        lr.compress(conv_only(), ConvFactorize(), data=images)
+
+
 def test_keep_grid_brackets_the_budget():
     for keep in (0.05, 0.3, 0.5, 0.9, 1.0):
         grid = keep_grid(keep)
@@ -59,7 +78,7 @@ def test_new_field_errors():
         ConvFactorize(alloc="sensitivity")
     with pytest.raises(ConfigError, match="keeps"):
         ConvFactorize(keeps={"2": 1.5})
-    with pytest.raises(DataError, match="allocate_conv_keeps"):
+    with pytest.raises(DataError, match="images"):
         lr.compress(conv_only(), ConvFactorize(alloc="output-error"))
     with pytest.raises(TargetError, match="nope"):
         lr.compress(conv_only(), ConvFactorize(keeps={"nope": 0.2}))

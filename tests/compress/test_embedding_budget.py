@@ -61,14 +61,14 @@ def test_probe_measures_the_quality_metric(tiny_bert, tiny_llama, bert_tokens, t
                                            calib_texts):
     """The sensitivity probe: zero for an identical replacement, positive for a damaged one,
     and it restores the module it swapped."""
-    from lowrank.api import _output_change_probe
     from lowrank.calib import tokenize
+    from lowrank.compress.probe import OutputProbe, probe_passages
 
     for model, tokens in [(copy.deepcopy(tiny_bert), bert_tokens),
                           (copy.deepcopy(tiny_llama), tokenize(calib_texts, tokenizer, 32))]:
         name, lin = next((n, m) for n, m in model.named_modules()
                          if n.endswith(("layer.0.output.dense", "layers.0.mlp.down_proj")))
-        probe = _output_change_probe(model, tokens, passages=8)
+        probe = OutputProbe(model, probe_passages(tokens, 8))
         assert probe(name, copy.deepcopy(lin)) == pytest.approx(0.0, abs=1e-6)
         damaged = copy.deepcopy(lin)
         with torch.no_grad():

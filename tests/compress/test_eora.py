@@ -243,7 +243,7 @@ def test_save_load_is_bit_identical(which, base, request, calib_tokens, tmp_path
     # dense export: every compensated layer as one nn.Linear with W_c + B A
     for name in residual:
         parent, _, child = name.rpartition(".")
-        setattr(loaded.get_submodule(parent), child, loaded.get_submodule(name).to_linear())
+        setattr(loaded.get_submodule(parent), child, loaded.get_submodule(name).to_dense_module())
     assert not any(isinstance(m, ResidualLowRankLinear) for m in loaded.modules())
     torch.testing.assert_close(_forward(loaded, calib_tokens), expected, rtol=1e-5, atol=1e-5)
 
@@ -280,8 +280,8 @@ def test_two_four_base_needs_divisible_inputs():
 
 def test_registry_round_trip():
     config = EoRA(rank=16, base="prune-unstructured", sparsity=0.3, targets=["q_proj"])
-    assert lowrank.get_method("eora") is EoRA
-    back = lowrank.config_from_dict(config.to_dict())
+    assert lowrank.METHODS.get("eora") is EoRA
+    back = lowrank.CompressionConfig.from_dict(config.to_dict())
     assert back == config and type(back) is EoRA
     assert set(EoRA.help()) >= {"rank", "base", "floor", "group_size", "sparsity"}
-    assert EoRA.needs == frozenset({"gram"})
+    assert EoRA.statistics == frozenset({"gram"}) and config.needs == {"gram"}

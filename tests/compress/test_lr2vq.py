@@ -112,12 +112,14 @@ def bert_stats(tiny_bert, calib_tokens):
 
 
 @pytest.mark.parametrize("keep", [0.8, 0.6, 0.4])
-def test_keep_matches_svdllm_storage(keep, tiny_bert, bert_stats):
-    """keep: the matrices store together (within 2%, never above) what uniform SVD-LLM stores
-    for them at the same keep; each matrix its own share unless it took another's slack."""
+def test_bytes_fraction_matches_svdllm_storage(keep, tiny_bert, bert_stats):
+    """bytes_fraction: the matrices store together (within 2%, never above) what uniform
+    SVD-LLM stores for them at keep = bytes_fraction; each matrix its own share unless it took
+    another's slack."""
     stats = bert_stats
     vq_model, svd_model = copy.deepcopy(tiny_bert), copy.deepcopy(tiny_bert)
-    result = lowrank.compress(vq_model, LR2VQ(keep=keep, iters=5), stats=stats)
+    result = lowrank.compress(vq_model, LR2VQ(bytes_fraction=keep, iters=5), stats=stats)
+    assert result.keep_target is None  # keep is a parameter fraction: LR2VQ keeps them all
     lowrank.compress(svd_model, lowrank.SVDLLM(keep=keep), stats=stats)
     vq_bytes = svd_bytes = 0
     for rep in result.modules:
@@ -168,7 +170,17 @@ def test_bits_budget_fixed_rate_and_round_trip(tiny_bert, calib_tokens, tmp_path
 
 
 def test_lr2vq_rejects_bad_fields():
-    for kw in ({"codebook": 0}, {"subvector": 4, "dim": 5}, {"keep": 2.0}, {"bits": 0},
-               {"keep": 0.5, "bits": 2.0}, {"dim": 9}, {"activation_aware": 1}):
+    for kw in ({"codebook": 0}, {"subvector": 4, "dim": 5}, {"bytes_fraction": 2.0},
+               {"bits": 0}, {"bytes_fraction": 0.5, "bits": 2.0}, {"dim": 9},
+               {"activation_aware": 1}):
         with pytest.raises(ConfigError):
             LR2VQ(**kw)
+    with pytest.raises(ConfigError, match="no field keep"):
+        lowrank.CompressionConfig.from_dict({"method": "lr2vq", "keep": 0.8})
+
+
+def test_version_1_keep_loads_as_bytes_fraction():
+    """A manifest written when LR2VQ's byte budget was called keep loads with the same budget."""
+    old = {**LR2VQ(bytes_fraction=0.6).to_dict(), "version": 1}
+    old["keep"] = old.pop("bytes_fraction")
+    assert lowrank.CompressionConfig.from_dict(old) == LR2VQ(bytes_fraction=0.6)

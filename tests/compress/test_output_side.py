@@ -18,6 +18,7 @@ from torch import nn
 import lowrank
 from lowrank import AFM, SVDLLM, LoRD
 from lowrank.calib import CalibrationStats, SiteStats
+from lowrank.compress import Calibration
 from lowrank.compress.embedding import AffineBudgetItem, rank_for_keep
 from lowrank.errors import ConfigError, DataError
 from lowrank.io.checkpoint import MANIFEST
@@ -79,14 +80,14 @@ def test_lord_equals_svdllm_whitened_optimum(single):
 def test_lord_output_error_is_the_eigenvalue_tail(single):
     W, b, X, stats = single
     model = _model(W, b)
-    outcome = LoRD(keep=0.5).apply(model, dict(model.items()), stats)
+    outcome = LoRD(keep=0.5).apply(model, dict(model.items()), Calibration(stats))
     report = outcome.reports[0]
     layer = model["lin"]
     assert isinstance(layer, LowRankLinear) and report.rank == layer.rank
     lam = torch.linalg.eigvalsh((W @ X) @ (W @ X).T).flip(0).clamp_min(0)
     expected = math.sqrt(float(lam[report.rank:].sum() / lam.sum()))
     assert report.rel_output_error == pytest.approx(expected, rel=1e-8)
-    W2 = layer.weight_product().detach()
+    W2 = layer.dense_weight().detach()
     assert float(((W - W2) @ X).norm() / (W @ X).norm()) == pytest.approx(expected, rel=1e-8)
     assert torch.equal(layer.bias.detach(), b)  # LoRD keeps the bias
     assert 1 - report.energy_kept == pytest.approx(expected ** 2, rel=1e-8)
@@ -137,7 +138,7 @@ def test_afm_report_error_is_the_affine_error(single, with_bias):
     W, b, X, stats = single
     bias = b if with_bias else None
     model = _model(W, bias)
-    outcome = AFM(keep=0.5).apply(model, dict(model.items()), stats)
+    outcome = AFM(keep=0.5).apply(model, dict(model.items()), Calibration(stats))
     report, layer = outcome.reports[0], model["lin"]
     assert layer.bias is not None  # a bias-less layer gains the mean correction ...
     assert report.params_after == layer.num_parameters()  # ... and the budget counts it
@@ -273,7 +274,7 @@ def test_embedding_floor_one_is_plain_pca_of_the_table(tiny_bert, bert_stats):
                                 embedding_floor=1.0), stats=bert_stats)
     got = model.get_input_embeddings()
     plain = FactorizedEmbedding.from_embedding(tiny_bert.get_input_embeddings(), got.rank)
-    torch.testing.assert_close(got.weight_product(), plain.weight_product(), rtol=0,
+    torch.testing.assert_close(got.dense_weight(), plain.dense_weight(), rtol=0,
                                atol=1e-5)
 
 
@@ -335,11 +336,11 @@ def test_bad_afm_fields_raise(kwargs):
 
 def test_config_round_trip_and_registry():
     for name, cls in {"lord": LoRD, "afm": AFM}.items():
-        assert lowrank.get_method(name) is cls and name in lowrank.method_names()
+        assert lowrank.METHODS.get(name) is cls and name in lowrank.METHODS.names()
         config = cls(keep=0.7, alloc="energy", targets="query", seed=2)
-        back = lowrank.config_from_dict(config.to_dict())
+        back = lowrank.CompressionConfig.from_dict(config.to_dict())
         assert back == config and type(back) is cls
         assert {"keep", "alloc"} <= set(cls.help())
     afm = AFM(embeddings=True, embedding_keep=0.5, embedding_floor=0.2)
-    assert lowrank.config_from_dict(json.loads(json.dumps(afm.to_dict()))) == afm
+    assert lowrank.CompressionConfig.from_dict(json.loads(json.dumps(afm.to_dict()))) == afm
     assert all(AFM.help()[f] for f in ("embeddings", "embedding_keep", "embedding_floor"))

@@ -156,7 +156,7 @@ def test_rtn_method(which, request, tokenizer, calib_texts, calib_tokens, tmp_pa
         layer = loaded.get_submodule(name)
         assert isinstance(layer, QuantizedLinear)
         parent, _, child = name.rpartition(".")
-        setattr(loaded.get_submodule(parent), child, layer.to_linear())
+        setattr(loaded.get_submodule(parent), child, layer.to_dense_module())
     torch.testing.assert_close(_forward(loaded, calib_tokens), out, rtol=1e-5, atol=1e-5)
 
 
@@ -219,8 +219,8 @@ def test_bad_fields_raise(cls, kwargs, match):
 def test_registry_round_trip():
     for name, config in {"rtn": RTN(bits=8, group_size=64, targets="q_proj"),
                          "magnitude": MagnitudePrune(sparsity=0.25)}.items():
-        assert lowrank.get_method(name) is type(config)
-        back = lowrank.config_from_dict(config.to_dict())
+        assert lowrank.METHODS.get(name) is type(config)
+        back = lowrank.CompressionConfig.from_dict(config.to_dict())
         assert back == config and type(back) is type(config)
     assert set(RTN.help()) >= {"bits", "group_size", "targets"}
     assert set(MagnitudePrune.help()) >= {"sparsity", "pattern"}

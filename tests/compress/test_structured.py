@@ -51,7 +51,7 @@ def test_cospadi_dense_code_reproduces_whitened_optimum(rng):
         optimum = float(sv[k:].pow(2).sum().sqrt() / sv.pow(2).sum().sqrt())
         d, idx, val, err = CoSpaDi(ratio=1, iters=2).fit(w, root, k, k)
         layer = SparseDictLinear.from_parts(d, idx, val)
-        approx = layer.weight_product().double()
+        approx = layer.dense_weight().double()
         out_err = float(((w - approx.detach()) @ x).norm() / (w @ x).norm())
         assert err <= optimum + 1e-9
         assert out_err == pytest.approx(err, abs=1e-8)  # whitened error = output error
@@ -119,7 +119,7 @@ def test_modegpt_value_output_is_the_whitened_optimum(which, request):
     original = request.getfixturevalue(f"tiny_{which}")
     stats = request.getfixturevalue(f"{which}_stats")
     model = copy.deepcopy(original)
-    config = MoDeGPT(keep=0.5, alloc="uniform")
+    config = MoDeGPT(keep=0.5, block_budget="uniform")
     lowrank.compress(model, config, stats=stats)
     cfg = original.config
     heads, kv = cfg.num_attention_heads, getattr(cfg, "num_key_value_heads", None) or \
@@ -171,7 +171,7 @@ def test_modegpt_through_compress(which, request, calib_tokens, tmp_path):
 
 def test_modegpt_mlp_refit_beats_selection_alone(tiny_bert, bert_stats):
     model = copy.deepcopy(tiny_bert)
-    result = lowrank.compress(model, MoDeGPT(keep=0.5, alloc="uniform"), stats=bert_stats)
+    result = lowrank.compress(model, MoDeGPT(keep=0.5, block_budget="uniform"), stats=bert_stats)
     rep = next(r for r in result.modules if r.name.endswith("layer.0.output.dense"))
     down0 = tiny_bert.get_submodule(rep.name).weight.double()
     up1 = model.get_submodule(rep.name.replace("output.dense", "intermediate.dense"))
@@ -226,7 +226,20 @@ def test_allocate_blocks_softmax_and_clip():
 
 
 def test_modegpt_needs_data_for_block_influence(tiny_bert, bert_stats):
-    with pytest.raises(DataError):  # block-influence measures blocks on calibration text
+    assert MoDeGPT(keep=0.6).needs == {"gram", "text"}
+    assert MoDeGPT(keep=0.6, block_budget="uniform").needs == {"gram"}
+    assert MoDeGPT(keep=0.6, importance=[0.1, 0.2]).needs == {"gram"}
+    with pytest.raises(DataError, match="calibration text"):  # influence measures the blocks
         lowrank.compress(copy.deepcopy(tiny_bert), MoDeGPT(keep=0.6), stats=bert_stats)
-    with pytest.raises(ConfigError):
-        MoDeGPT(alloc="energy")
+    with pytest.raises(ConfigError, match="block_budget"):
+        MoDeGPT(block_budget="energy")
+    with pytest.raises(ConfigError, match="no field alloc"):  # alloc: registered allocators
+        lowrank.CompressionConfig.from_dict({"method": "modegpt", "alloc": "uniform"})
+
+
+def test_modegpt_version_1_manifests_still_load():
+    old = {**MoDeGPT(keep=0.6).to_dict(), "version": 1}
+    del old["block_budget"]
+    for alloc, budget in (("block-influence", "influence"), ("uniform", "uniform")):
+        config = lowrank.CompressionConfig.from_dict({**old, "alloc": alloc})
+        assert config == MoDeGPT(keep=0.6, block_budget=budget)

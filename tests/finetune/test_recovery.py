@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import FrozenInstanceError, replace
 
 import pytest
 import torch
@@ -12,8 +13,17 @@ from torch import nn
 import lowrank
 from lowrank import SVD, LowRankLinear
 from lowrank.errors import ConfigError, DataError
-from lowrank.finetune import RecoveryReport, embedding_gap, recover, weight_perturbation
+from lowrank.finetune import (
+    DEFAULT_INF_NORM_WEIGHT,
+    RecoveryConfig,
+    RecoveryReport,
+    embedding_gap,
+    recover,
+    weight_perturbation,
+)
 from lowrank.finetune.recovery import _lr_factor, _regulariser
+
+FAST = {"lr": 1e-3, "batch_size": 8}  # settings of the short runs below
 
 
 def _compressed(model: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -45,7 +55,7 @@ def test_only_factors_change(tiny_bert, calib_tokens):
     student, teacher = _compressed(tiny_bert)
     before = {n: p.detach().clone() for n, p in student.named_parameters()}
     teacher_before = {n: p.detach().clone() for n, p in teacher.named_parameters()}
-    report = recover(student, teacher, calib_tokens, steps=3, lr=1e-3, batch_size=8)
+    report = recover(student, teacher, calib_tokens, RecoveryConfig(steps=3, **FAST))
     factors = _factor_ids(student)
     assert factors
     changed = 0
@@ -67,8 +77,8 @@ def test_train_bias_adds_the_factorized_biases(tiny_bert, calib_tokens):
     student, teacher = _compressed(tiny_bert)
     layers = [m for m in student.modules() if isinstance(m, LowRankLinear)]
     bias_before = [m.bias.detach().clone() for m in layers]
-    report = recover(student, teacher, calib_tokens, steps=2, lr=1e-3, batch_size=8,
-                     train_bias=True)
+    config = RecoveryConfig(steps=2, **FAST, train_bias=True)
+    report = recover(student, teacher, calib_tokens, config)
     assert report.trainable_parameters == sum(m.num_parameters() for m in layers)
     assert all(not torch.equal(m.bias, b) for m, b in zip(layers, bias_before, strict=True))
 
@@ -77,7 +87,7 @@ def test_train_bias_adds_the_factorized_biases(tiny_bert, calib_tokens):
 def test_distillation_loss_decreases(family, tiny_bert, tiny_llama, calib_tokens):
     student, teacher = _compressed(tiny_bert if family == "bert" else tiny_llama)
     start = _distill_mse(student, teacher, calib_tokens)
-    report = recover(student, teacher, calib_tokens, steps=40, lr=1e-3, batch_size=8)
+    report = recover(student, teacher, calib_tokens, RecoveryConfig(steps=40, **FAST))
     end = _distill_mse(student, teacher, calib_tokens)
     assert end < 0.7 * start, (start, end)
     assert report.final_loss < report.first_loss
@@ -89,7 +99,7 @@ def test_regulariser_gradient_reaches_only_the_argmax():
     weight = torch.randn(12, 9)
     layer = LowRankLinear.from_linear(nn.Linear(9, 12), rank=3)
     eps = 1e-3
-    value = weight_perturbation(layer.weight_product(), weight, eps)
+    value = weight_perturbation(layer.dense_weight(), weight, eps)
     deviation = (layer.B @ layer.A - weight).detach().abs()
     assert torch.allclose(value, (deviation.max() - eps) ** 2)
 
@@ -120,7 +130,7 @@ def test_same_seed_same_factors(tiny_llama, calib_tokens):
     runs = []
     for seed in (3, 3, 4):
         student, teacher = _compressed(tiny_llama)
-        recover(student, teacher, calib_tokens, steps=4, lr=1e-3, batch_size=8, seed=seed)
+        recover(student, teacher, calib_tokens, RecoveryConfig(steps=4, **FAST, seed=seed))
         runs.append([p.detach().clone() for p in student.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1], strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(runs[0], runs[2], strict=True))
@@ -133,7 +143,7 @@ def test_requires_grad_and_mode_restored(tiny_bert, calib_tokens):
     flags = [p.requires_grad for p in student.parameters()]
     teacher_flags = [p.requires_grad for p in teacher.parameters()]
     student.train()
-    recover(student, teacher, calib_tokens, steps=2, lr=1e-3, batch_size=8)
+    recover(student, teacher, calib_tokens, RecoveryConfig(steps=2, **FAST))
     assert [p.requires_grad for p in student.parameters()] == flags
     assert [p.requires_grad for p in teacher.parameters()] == teacher_flags
     assert student.training and not teacher.training
@@ -143,15 +153,15 @@ def test_requires_grad_and_mode_restored(tiny_bert, calib_tokens):
         raise RuntimeError("held-out evaluation failed")
 
     with pytest.raises(RuntimeError, match="held-out"):
-        recover(student, teacher, calib_tokens, steps=2, eval_fn=broken)
+        recover(student, teacher, calib_tokens, RecoveryConfig(steps=2), eval_fn=broken)
     assert [p.requires_grad for p in student.parameters()] == flags
 
 
 def test_task_objective_causal_lm(tiny_llama, calib_tokens):
     student, _ = _compressed(tiny_llama)
     before = [p.detach().clone() for p in student.parameters()]
-    report = recover(student, None, calib_tokens, objective="task", steps=3, lr=1e-3,
-                     batch_size=8)
+    report = recover(student, None, calib_tokens,
+                     RecoveryConfig(objective="task", steps=3, **FAST))
     assert report.objective == "task" and report.settings["inf_norm_weight"] == 0.0
     assert all(torch.isfinite(torch.tensor(p["loss"])) for p in report.loss_curve)
     assert any(not torch.equal(p, b) for p, b in zip(student.parameters(), before, strict=True))
@@ -159,11 +169,11 @@ def test_task_objective_causal_lm(tiny_llama, calib_tokens):
 
 def test_task_objective_contrastive_encoder(tiny_bert, calib_tokens, tokenizer):
     student, teacher = _compressed(tiny_bert)
-    report = recover(student, teacher, calib_tokens, objective="task", steps=3, lr=1e-3,
-                     batch_size=8, tokenizer=tokenizer, inf_norm_weight=0.5)
+    config = RecoveryConfig(objective="task", steps=3, **FAST, inf_norm_weight=0.5)
+    report = recover(student, teacher, calib_tokens, config, tokenizer=tokenizer)
     assert report.steps == 3 and report.settings["inf_norm_weight"] == 0.5
     with pytest.raises(ConfigError, match="tokenizer"):
-        recover(student, teacher, calib_tokens, objective="task", steps=1)
+        recover(student, teacher, calib_tokens, RecoveryConfig(objective="task", steps=1))
 
 
 def test_early_stopping_keeps_the_best_state(tiny_bert, calib_tokens, eval_texts, tokenizer):
@@ -172,8 +182,9 @@ def test_early_stopping_keeps_the_best_state(tiny_bert, calib_tokens, eval_texts
     student, teacher = _compressed(tiny_bert)
     start = [p.detach().clone() for p in student.parameters()]
     calls = iter(range(100))
-    report = recover(student, teacher, calib_tokens, steps=20, lr=1e-3, batch_size=8,
-                     eval_fn=lambda _m: float(next(calls)), eval_every=2, patience=2)
+    config = RecoveryConfig(steps=20, **FAST, eval_every=2, patience=2)
+    report = recover(student, teacher, calib_tokens, config,
+                     eval_fn=lambda _m: float(next(calls)))
     assert report.stopped_early and report.steps == 4 and report.best_step == 0
     assert [e["step"] for e in report.eval_curve] == [0, 2, 4]
     assert all(torch.equal(p, s) for p, s in zip(student.parameters(), start, strict=True))
@@ -181,8 +192,8 @@ def test_early_stopping_keeps_the_best_state(tiny_bert, calib_tokens, eval_texts
     held_out = tokenize(eval_texts, tokenizer, seq_len=32)
     gap = embedding_gap(teacher, held_out)
     assert gap(teacher) == pytest.approx(0.0, abs=1e-5)
-    report = recover(student, teacher, calib_tokens, steps=20, lr=1e-3, batch_size=8,
-                     eval_fn=gap, eval_every=5)
+    report = recover(student, teacher, calib_tokens, RecoveryConfig(steps=20, **FAST, eval_every=5),
+                     eval_fn=gap)
     assert not report.stopped_early and report.steps == 20
     values = [e["value"] for e in report.eval_curve]
     assert report.best_eval == min(values) < values[0]
@@ -191,7 +202,8 @@ def test_early_stopping_keeps_the_best_state(tiny_bert, calib_tokens, eval_texts
 
 def test_report_serialises(tiny_bert, calib_tokens):
     student, teacher = _compressed(tiny_bert)
-    report = recover(student, teacher, calib_tokens, steps=2, layers="last", batch_size=8)
+    config = RecoveryConfig(steps=2, layers="last", batch_size=8)
+    report = recover(student, teacher, calib_tokens, config)
     assert isinstance(report, RecoveryReport)
     data = json.loads(json.dumps(report.to_dict()))
     assert data["tag"] == "fine_tuned" and data["settings"]["layers"] == "last"
@@ -222,19 +234,36 @@ def test_learning_rate_schedules():
 def test_bad_arguments_raise_config_error(tiny_bert, calib_tokens, kwargs, match):
     student, teacher = _compressed(tiny_bert)
     with pytest.raises(ConfigError, match=match):
-        recover(student, teacher, calib_tokens, **{"steps": 1, **kwargs})
+        recover(student, teacher, calib_tokens, RecoveryConfig(**{"steps": 1, **kwargs}))
 
 
 def test_model_without_lowrank_modules(tiny_bert, calib_tokens):
     with pytest.raises(ConfigError, match="no LowRankLinear"):
-        recover(copy.deepcopy(tiny_bert), tiny_bert, calib_tokens, steps=5)
+        recover(copy.deepcopy(tiny_bert), tiny_bert, calib_tokens, RecoveryConfig(steps=5))
 
 
 def test_missing_teacher_or_data(tiny_bert, calib_tokens):
     student, teacher = _compressed(tiny_bert)
     with pytest.raises(ConfigError, match="teacher"):
-        recover(student, None, calib_tokens, steps=5)
+        recover(student, None, calib_tokens, RecoveryConfig(steps=5))
     with pytest.raises(ConfigError, match="separate copy"):
-        recover(student, student, calib_tokens, steps=5)
+        recover(student, student, calib_tokens, RecoveryConfig(steps=5))
     with pytest.raises(DataError, match="tokenised"):
-        recover(student, teacher, ["some text"], steps=5)
+        recover(student, teacher, ["some text"], RecoveryConfig(steps=5))
+
+
+def test_recovery_config_is_checked_frozen_and_serialisable():
+    config = RecoveryConfig(layers=(1, 2), eval_every=5)
+    assert config.regulariser_weight == DEFAULT_INF_NORM_WEIGHT
+    assert RecoveryConfig(objective="task").regulariser_weight == 0.0
+    assert RecoveryConfig(objective="task", inf_norm_weight=0.5).regulariser_weight == 0.5
+    data = json.loads(json.dumps(config.to_dict()))
+    assert data["layers"] == [1, 2] and RecoveryConfig(**data) == replace(config, layers=[1, 2])
+    with pytest.raises(FrozenInstanceError):
+        config.steps = 3
+    for bad, match in (({"warmup": 1.0}, "warmup"), ({"eval_every": 0}, "eval_every"),
+                       ({"seed": -1}, "seed"), ({"weight_decay": -0.1}, "weight_decay")):
+        with pytest.raises(ConfigError, match=match):
+            RecoveryConfig(**bad)
+    with pytest.raises(ConfigError, match="config must be a RecoveryConfig"):
+        recover(nn.Linear(2, 2), None, None, {"steps": 1})

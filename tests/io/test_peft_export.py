@@ -15,7 +15,7 @@ import lowrank
 from lowrank import EoRA
 from lowrank.errors import ModelFileError
 from lowrank.io.peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS, save_eora_adapter
-from lowrank.nn import ResidualLowRankLinear
+from lowrank.nn import ResidualLowRankLinear, dense_weight_of
 
 
 def _forward(model: nn.Module, tokens) -> torch.Tensor:
@@ -31,7 +31,7 @@ def _compressed_base(original: nn.Module, eora: nn.Module) -> nn.Module:
     for name, layer in eora.named_modules():
         if isinstance(layer, ResidualLowRankLinear):
             with torch.no_grad():
-                base.get_submodule(name).weight.copy_(layer.base_to_linear().weight)
+                base.get_submodule(name).weight.copy_(dense_weight_of(layer.base))
     return base
 
 

@@ -27,7 +27,7 @@ def test_full_rank_reproduces_the_table(table):
     fe = FactorizedEmbedding.from_embedding(table, rank=D)
     ids = torch.arange(V).reshape(5, 10)
     torch.testing.assert_close(fe(ids), table(ids), rtol=0, atol=1e-12)
-    torch.testing.assert_close(fe.weight_product(), table.weight, rtol=0, atol=1e-12)
+    torch.testing.assert_close(fe.dense_weight(), table.weight, rtol=0, atol=1e-12)
     f32 = FactorizedEmbedding.from_embedding(table.float(), rank=D)
     torch.testing.assert_close(f32(ids), table.float()(ids), rtol=1e-5, atol=1e-5)
 
@@ -39,7 +39,7 @@ def test_rank_k_is_eckart_young_of_the_centred_table(table, rank):
     E = table.weight.detach()
     centred = E - E.mean(0)
     s = torch.linalg.svdvals(centred)
-    err = float((E - fe.weight_product().detach()).norm())
+    err = float((E - fe.dense_weight().detach()).norm())
     assert err == pytest.approx(float((s[rank:] ** 2).sum().sqrt()), rel=1e-9)
     torch.testing.assert_close(fe.bias.detach(), E.mean(0), rtol=1e-12, atol=1e-12)
     basis = fe.basis.detach()
@@ -56,7 +56,7 @@ def test_weights_act_as_token_frequencies(table, rng):
     rows = E.repeat_interleave(counts, dim=0)
     centred = rows - rows.mean(0)
     s = torch.linalg.svdvals(centred)
-    approx = fe.weight_product().detach().repeat_interleave(counts, dim=0)
+    approx = fe.dense_weight().detach().repeat_interleave(counts, dim=0)
     err = float((rows - approx).norm())
     assert err == pytest.approx(float((s[rank:] ** 2).sum().sqrt()), rel=1e-9)
 
@@ -67,7 +67,7 @@ def test_padding_row_gets_no_gradient_and_is_exported(table):
     fe(torch.tensor([[0, 1, 2, 1]])).sum().backward()
     assert fe.table.grad[1].abs().max() == 0
     assert fe.table.grad[0].abs().max() > 0 and fe.table.grad[2].abs().max() > 0
-    dense = fe.to_embedding()
+    dense = fe.to_dense_module()
     assert isinstance(dense, nn.Embedding) and dense.padding_idx == 1
     ids = torch.arange(V)
     torch.testing.assert_close(dense(ids), fe(ids), rtol=0, atol=1e-12)

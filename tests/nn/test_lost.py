@@ -27,11 +27,11 @@ def test_low_rank_part_is_eckart_young_and_channels_are_top_residual_columns():
     top = set(torch.topk(resid.norm(dim=0), k).indices.tolist())
     assert set(layer.channels.tolist()) == top and layer.channels.dtype == torch.int32
     # initial dense weight = W_r + residual on the chosen channels
-    w = layer.to_linear().weight
+    w = layer.to_dense_module().weight
     cols = layer.channels.long()
     torch.testing.assert_close(w[:, cols], lin.weight[:, cols], atol=1e-12, rtol=0)
     x = torch.randn(3, 20, dtype=torch.float64)
-    torch.testing.assert_close(layer(x), layer.to_linear()(x), atol=1e-12, rtol=0)
+    torch.testing.assert_close(layer(x), layer.to_dense_module()(x), atol=1e-12, rtol=0)
 
 
 def test_parameter_count_and_sparse_gradient_support():
@@ -41,7 +41,7 @@ def test_parameter_count_and_sparse_gradient_support():
     layer(torch.randn(4, 20, dtype=torch.float64)).sum().backward()
     # the sparse block only exists on the selected channels: the dense weight's gradient
     # through S is zero elsewhere by construction
-    w = layer.weight_product()
+    w = layer.dense_weight()
     g = torch.autograd.grad(nn.functional.linear(torch.randn(4, 20, dtype=torch.float64), w)
                             .sum(), layer.S)[0]
     assert g.shape == (12, 5)
@@ -54,7 +54,7 @@ def test_gamma_one_is_pure_low_rank_and_full_rank_is_exact():
     ref = nn.functional.linear(nn.functional.linear(x, layer.A), layer.B, layer.bias)
     torch.testing.assert_close(layer(x), ref, atol=1e-12, rtol=0)
     exact = LOSTLinear.from_linear(lin, rank=12, num_channels=2)
-    torch.testing.assert_close(exact.to_linear().weight, lin.weight, atol=1e-12, rtol=0)
+    torch.testing.assert_close(exact.to_dense_module().weight, lin.weight, atol=1e-12, rtol=0)
 
 
 def test_state_dict_layout_and_manifest():

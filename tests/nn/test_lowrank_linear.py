@@ -28,7 +28,7 @@ def test_full_rank_round_trip(shape, bias):
     in_f, out_f = shape
     lin = _linear(in_f, out_f, bias, dtype=torch.float64)
     low = LowRankLinear.from_linear(lin, min(shape))
-    back = low.to_linear()
+    back = low.to_dense_module()
     assert isinstance(back, nn.Linear)
     assert back.weight.dtype == torch.float64
     torch.testing.assert_close(back.weight, lin.weight, rtol=0, atol=1e-12)
@@ -44,8 +44,8 @@ def test_truncated_round_trip_is_eckart_young():
     low = LowRankLinear.from_linear(lin, k)
     assert low.A.dtype == torch.float32 and low.A.shape == (k, 40) and low.B.shape == (30, k)
     expected = truncated_svd(lin.weight.detach().double(), k).to_dense()
-    torch.testing.assert_close(low.to_linear().weight.double(), expected, rtol=0, atol=1e-6)
-    torch.testing.assert_close(low.weight_product().double(), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(low.to_dense_module().weight.double(), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(low.dense_weight().double(), expected, rtol=0, atol=1e-6)
 
 
 def test_forward_equals_factored_product():
@@ -57,7 +57,7 @@ def test_forward_equals_factored_product():
     expected = (x @ low.A.T) @ low.B.T + low.bias
     torch.testing.assert_close(y, expected, rtol=1e-6, atol=1e-6)
     # equals the dense export W' x + b
-    torch.testing.assert_close(y, low.to_linear()(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y, low.to_dense_module()(x), rtol=1e-5, atol=1e-5)
 
 
 def test_from_factors_copies_and_checks_shapes():
@@ -131,5 +131,5 @@ def test_init_variance_matches_dense_scale():
     torch.manual_seed(0)
     low = LowRankLinear(256, 256, 64)
     dense = nn.Linear(256, 256)
-    ratio = float(low.weight_product().detach().std() / dense.weight.detach().std())
+    ratio = float(low.dense_weight().detach().std() / dense.weight.detach().std())
     assert 0.2 < ratio < 5

@@ -15,7 +15,7 @@ def test_from_linear_exact_and_prefix_is_truncated_svd():
     layer = OrderedLowRankLinear.from_linear(lin)
     x = torch.randn(4, 10, dtype=torch.float64)
     torch.testing.assert_close(layer(x), lin(x), atol=1e-10, rtol=0)
-    torch.testing.assert_close(layer.to_linear().weight, lin.weight, atol=1e-12, rtol=0)
+    torch.testing.assert_close(layer.to_dense_module().weight, lin.weight, atol=1e-12, rtol=0)
     u, s, vh = torch.linalg.svd(lin.weight.detach(), full_matrices=False)
     w2 = (u[:, :2] * s[:2]) @ vh[:2]
     torch.testing.assert_close(layer(x, width=2), x @ w2.T + lin.bias, atol=1e-10, rtol=0)

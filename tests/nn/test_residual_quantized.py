@@ -6,7 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from lowrank.nn import QuantizedLinear, ResidualLowRankLinear, count_bytes, count_parameters
+from lowrank.nn import (
+    QuantizedLinear,
+    ResidualLowRankLinear,
+    StructuredLinear,
+    count_bytes,
+    count_parameters,
+    dense_weight_of,
+)
 from lowrank.nn.kinds import entry_of, module_kind
 from lowrank.nn.quantized import dequantize, pack_int4, unpack_int4
 
@@ -77,7 +84,7 @@ def test_quantized_linear(bits, in_features, group_size, rng):
     assert torch.equal(layer.dense_weight(), weight)
     x = torch.randn(3, 4, in_features, generator=rng)
     assert torch.equal(layer(x), nn.functional.linear(x, weight, bias))
-    dense = layer.to_linear()
+    dense = layer.to_dense_module()
     assert type(dense) is nn.Linear
     assert torch.equal(dense.weight, weight) and torch.equal(dense.bias, bias)
     # storage: codes (int8, or two per byte) + float32 scales + float32 bias
@@ -135,11 +142,10 @@ def test_residual_forward_dense_and_serialisation(which, rng):
     base_weight = base.dense_weight() if which == "quantized" else base.weight
     torch.testing.assert_close(layer.dense_weight(), (base_weight + B @ A).detach(),
                                rtol=0, atol=1e-6)
-    dense = layer.to_linear()
+    dense = layer.to_dense_module()
     assert type(dense) is nn.Linear
     torch.testing.assert_close(dense(x), layer(x), rtol=0, atol=1e-5)
-    alone = layer.base_to_linear()
-    assert torch.equal(alone(x), base(x))
+    assert torch.equal(dense_weight_of(layer.base), base_weight)
     assert layer.bias is getattr(base, "bias", None)
     # accounting: the base's parameters (codes count as weights) + r (in + out)
     base_params = 120 + (0 if which == "no_bias" else 10)
@@ -173,9 +179,15 @@ def test_residual_validation(rng):
         entry_of(ResidualLowRankLinear(_Custom(), 1))
 
 
-class _Custom(nn.Module):
+class _Custom(StructuredLinear):
+    """A linear structured layer that is not a registered checkpoint kind."""
+
     in_features = 4
     out_features = 4
+    bias = None
+
+    def dense_weight(self):
+        return torch.eye(4)
 
     def forward(self, x):
         return x

@@ -72,15 +72,15 @@ def test_from_linear_round_trip_and_state_dict():
     torch.manual_seed(0)
     lin = nn.Linear(9, 7).double()
     full = SparseLowRankLinear.from_linear(lin, rank=7, density=0.1, alpha=4.0)
-    back = full.to_linear()
+    back = full.to_dense_module()
     torch.testing.assert_close(back.weight, lin.weight, atol=1e-12, rtol=0)
     torch.testing.assert_close(back.bias, lin.bias, atol=0, rtol=0)
     part = SparseLowRankLinear.from_linear(lin, rank=2, density=0.3)
-    w = part.to_linear().weight
+    w = part.to_dense_module().weight
     idx = part.indices.long()
     torch.testing.assert_close(w.view(-1)[idx], lin.weight.view(-1)[idx], atol=1e-12, rtol=0)
     x = torch.randn(5, 9, dtype=torch.float64)
-    torch.testing.assert_close(part(x), part.to_linear()(x), atol=1e-12, rtol=0)
+    torch.testing.assert_close(part(x), part.to_dense_module()(x), atol=1e-12, rtol=0)
     assert list(part.state_dict()) == ["B", "A", "values", "bias", "indices"]
     cls = module_kind("SparseLowRankLinear")
     fresh = cls.from_manifest_entry({"kind": "SparseLowRankLinear", **part.manifest_entry()})

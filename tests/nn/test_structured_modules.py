@@ -43,7 +43,7 @@ def test_indexed_linear_matches_its_dense_export(rng):
                                      in_index=torch.tensor([0, 2, 3, 5]),
                                      out_index=torch.tensor([1, 2, 4]))
     x = torch.randn(7, 6, generator=rng)
-    dense = layer.to_linear()
+    dense = layer.to_dense_module()
     assert torch.allclose(layer(x), dense(x), atol=1e-6)
     assert torch.equal(layer(x)[:, [0, 3]], torch.zeros(7, 2))
     with pytest.raises(ValueError, match="in_index"):

@@ -21,13 +21,13 @@ def test_tucker2_full_rank_is_exact_and_roundtrips(kw):
     x = torch.randn(2, 6, 11, 13, dtype=torch.float64)
     layer = Tucker2Conv2d.from_conv(conv, ranks=(6, 8))
     torch.testing.assert_close(layer(x), conv(x), atol=1e-10, rtol=0)
-    back = layer.to_conv()
+    back = layer.to_dense_module()
     torch.testing.assert_close(back.weight, conv.weight, atol=1e-12, rtol=0)
     torch.testing.assert_close(back(x), conv(x), atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize("kw", CONV_ARGS)
-def test_cp_planted_rank_is_exact_and_to_conv_matches(kw):
+def test_cp_planted_rank_is_exact_and_dense_module_matches(kw):
     torch.manual_seed(1)
     conv = nn.Conv2d(5, 7, **kw).double()
     kh, kwid = conv.kernel_size
@@ -39,12 +39,12 @@ def test_cp_planted_rank_is_exact_and_to_conv_matches(kw):
     assert layer.decomposition_error < 1e-7
     ref = conv(x)  # the output error scales with the output, as the kernel's does
     torch.testing.assert_close(layer(x), ref, atol=1e-6 * float(ref.abs().max()), rtol=0)
-    back = layer.to_conv()
+    back = layer.to_dense_module()
     torch.testing.assert_close(back(x), layer(x), atol=1e-10, rtol=0)
     # a CP-rank-4 layer trained from scratch also equals its exported dense conv
     fresh = CPConv2d(5, 7, conv.kernel_size, 4, conv.stride, conv.padding,
                      conv.dilation).double()
-    torch.testing.assert_close(fresh.to_conv()(x), fresh(x), atol=1e-10, rtol=0)
+    torch.testing.assert_close(fresh.to_dense_module()(x), fresh(x), atol=1e-10, rtol=0)
 
 
 def test_keep_ratio_budgets():
@@ -101,9 +101,7 @@ def test_data_aware_keeps_respect_the_budget(decomposition):
 
 def test_conv_method_is_registered():
     from lowrank.errors import ConfigError
-    from lowrank.registry import get_method
-
-    cls = get_method("conv")
+    cls = lr.METHODS.get("conv")
     assert cls is ConvFactorize
     with pytest.raises(ConfigError, match="decomposition"):
         cls(decomposition="svd")

@@ -144,6 +144,17 @@ def test_estimators_sklearn_style():
     assert est.get_params()["rank"] == [1, 4, 3, 1]
 
 
+def test_estimators_are_scikit_learn_estimators():
+    from sklearn.base import BaseEstimator, clone
+
+    est = CP(3, tol=1e-12, init="svd")
+    assert isinstance(est, BaseEstimator) and "init='svd'" in repr(est)
+    assert clone(est).get_params() == est.get_params()
+    assert est.set_params(rank=2).rank == 2 and est.get_params()["rank"] == 2
+    with pytest.raises(ValueError, match="Invalid parameter 'ranks'"):
+        est.set_params(ranks=2)
+
+
 def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ConfigError, match="Tucker rank"):
         tucker(planted_tucker(), (4, 5))

@@ -20,8 +20,8 @@ from .api import (
     trainable_parameters,
     unmerge,
 )
-from .base import AdapterConfig, AdapterLayer, LoraExport
-from .files import config_from_dict, load, load_peft, save, save_peft
+from .base import ADAPTERS, AdapterConfig, AdapterLayer, LoraExport
+from .files import load, load_peft, save, save_peft
 from .flora import FLoRA, FLoRALayer
 from .lora import LoRA, LoRALinear
 from .nola import NOLA, NOLALinear, nola_basis
@@ -30,6 +30,7 @@ from .svfit import SVFit, SVFitLinear
 from .tlora import TLoRA, TLoRALinear
 
 __all__ = [
+    "ADAPTERS",
     "FLoRA",
     "NOLA",
     "TLoRA",
@@ -46,7 +47,6 @@ __all__ = [
     "TLoRALinear",
     "adapter_layers",
     "apply",
-    "config_from_dict",
     "delta_weights",
     "load",
     "load_peft",

@@ -1,4 +1,9 @@
-"""Shared machinery of the adapters: config base, the wrapper layer, module selection, seeds.
+"""Shared machinery of the adapters: config base and registry, the wrapper layer, module
+selection, seeds.
+
+A new adapter is one file in ``adapt/``: an :class:`AdapterConfig` dataclass (with its
+``kind`` and :meth:`~AdapterConfig.make_layer`) and its :class:`AdapterLayer`, registered by
+the line ``@ADAPTERS.register`` above the config (and imported in ``adapt/__init__``).
 
 Every adapter wraps one frozen base layer (``base_layer``) and adds a trainable update whose
 dense form is :meth:`AdapterLayer.delta_weight`. The wrapper keeps the base module's name, so
@@ -7,7 +12,6 @@ PEFT file keys are ``base_model.model.<name>.lora_A.weight`` for the same ``<nam
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -16,50 +20,38 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..config import Config
 from ..errors import ConfigError, LowRankError, TargetError
+from ..registry import Registry
 from ..targets import _as_list, _matches, _no_match_message, default_targets, select_linears
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
+#: Adapters by kind (each adapter module registers itself).
+ADAPTERS: Registry[type[AdapterConfig]] = Registry("adapter", lambda cls: cls.kind)
+
+
 @dataclass
-class AdapterConfig(ABC):
-    """Fields every adapter shares (``rank``, ``targets``, ``ignore``, ``seed``), JSON round trip.
+class AdapterConfig(Config, ABC):
+    """An adapter: the shared fields and versioned dict of :class:`~lowrank.config.Config`
+    (under the key ``"kind"``) plus ``rank``. Subclasses set ``kind`` (registry name) and
+    implement :meth:`make_layer`; the seed is combined with each module name."""
 
-    Subclasses set ``kind`` (registry name) and implement :meth:`make_layer`.
-    """
-
+    name_key: ClassVar[str] = "kind"
+    plugins: ClassVar[Registry[type[AdapterConfig]]] = ADAPTERS
     kind: ClassVar[str] = ""
     supports_conv: ClassVar[bool] = False
 
     rank: int = field(default=8, metadata={"help": "adapter rank r"})
-    targets: list[str] | None = field(default=None, metadata={
-        "help": "modules to adapt: class names, dotted names or 're:' regexes; default: every "
-                "linear layer inside the repeated blocks"})
-    ignore: list[str] | None = field(default=None, metadata={
-        "help": "modules to leave untouched, same grammar as targets"})
-    seed: int = field(default=0, metadata={
-        "help": "seed of the initialisation / random bases (combined with each module name)"})
 
     def __post_init__(self) -> None:
-        if isinstance(self.targets, str):
-            self.targets = [self.targets]
-        if isinstance(self.ignore, str):
-            self.ignore = [self.ignore]
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ConfigError(f"seed must be an int, got {self.seed!r}")
+        super().__post_init__()
         positive(self.rank, "rank")
 
     @abstractmethod
     def make_layer(self, module: nn.Module, name: str) -> AdapterLayer:
         """Wrap ``module`` (named ``name`` in its model) in this adapter."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, **dataclasses.asdict(self)}
-
-    @classmethod
-    def help(cls) -> dict[str, str]:
-        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
 def positive(value: Any, name: str, *, allow_float: bool = False) -> None:

@@ -21,28 +21,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelFileError, TargetError
+from ..errors import ConfigError, ModelFileError, TargetError
 from ..io.atomic import atomic_directory
 from ..io.peft import base_model_name, lora_adapter_config
+from ..version import __version__
 from .api import CONFIG_ATTR, _layers_or_raise, adapter_layers, apply
 from .base import AdapterConfig, replace_module
-from .flora import FLoRA
 from .lora import LoRA, LoRALinear
-from .nola import NOLA
-from .svfit import SVFit
-from .tlora import TLoRA
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 FORMAT_VERSION = 1
-CONFIGS: dict[str, type[AdapterConfig]] = {
-    c.kind: c for c in (LoRA, NOLA, SVFit, FLoRA, TLoRA)}
-
-
-def _toolkit_version() -> str:
-    from .. import __version__
-
-    return __version__
 
 
 def _write(directory: str | os.PathLike, config: dict[str, Any],
@@ -181,24 +170,12 @@ def save(model: nn.Module, directory: str | os.PathLike, *, overwrite: bool = Fa
     config = {
         "peft_type": f"LOWRANK_{cfg.kind.upper()}",
         "format_version": FORMAT_VERSION,
-        "toolkit_version": _toolkit_version(),
+        "toolkit_version": __version__,
         "base_model_name_or_path": base_model_name(model),
         "config": cfg.to_dict(),
         "modules": modules,
     }
     return _write(directory, config, tensors, overwrite)
-
-
-def config_from_dict(data: dict[str, Any]) -> AdapterConfig:
-    """Rebuild an adapter config from :meth:`AdapterConfig.to_dict` output."""
-    data = dict(data)
-    kind = data.pop("kind", None)
-    if kind not in CONFIGS:
-        raise ModelFileError(f"unknown adapter kind {kind!r}: expected one of {sorted(CONFIGS)}")
-    try:
-        return CONFIGS[kind](**data)
-    except TypeError as exc:
-        raise ModelFileError(f"bad {kind} config {data}: {exc}") from exc
 
 
 def load(model: nn.Module, directory: str | os.PathLike) -> list[str]:
@@ -215,7 +192,10 @@ def load(model: nn.Module, directory: str | os.PathLike) -> list[str]:
     if config.get("format_version") != FORMAT_VERSION:
         raise ModelFileError(f"native adapter format_version {config.get('format_version')!r} "
                              f"is not {FORMAT_VERSION}")
-    cfg = config_from_dict(config["config"])
+    try:
+        cfg = AdapterConfig.from_dict(config["config"])
+    except ConfigError as exc:
+        raise ModelFileError(f"'{directory}' holds a bad adapter config: {exc}") from exc
     names = apply(model, cfg)
     modules = config.get("modules", {})
     if sorted(names) != sorted(modules):

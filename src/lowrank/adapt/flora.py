@@ -27,9 +27,10 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, LowRankError, TargetError
-from .base import CONV_TYPES, AdapterConfig, AdapterLayer, LoraExport, generator, positive
+from .base import ADAPTERS, CONV_TYPES, AdapterConfig, AdapterLayer, LoraExport, generator, positive
 
 
+@ADAPTERS.register
 @dataclass
 class FLoRA(AdapterConfig):
     """Tucker-core adapter for linear and Conv1d/2d/3d weights (channel ranks = ``rank``)."""

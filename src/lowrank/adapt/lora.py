@@ -19,11 +19,12 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, TargetError
-from .base import AdapterConfig, AdapterLayer, LoraExport, generator, positive
+from .base import ADAPTERS, AdapterConfig, AdapterLayer, LoraExport, generator, positive
 
 INITS = ("default", "gaussian", "pissa")
 
 
+@ADAPTERS.register
 @dataclass
 class LoRA(AdapterConfig):
     """LoRA with PEFT semantics (scaling ``alpha / r``, or ``alpha / sqrt r`` with rslora)."""

@@ -26,9 +26,10 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, ModelFileError, TargetError
-from .base import AdapterConfig, AdapterLayer, LoraExport, checksum, generator, positive
+from .base import ADAPTERS, AdapterConfig, AdapterLayer, LoraExport, checksum, generator, positive
 
 
+@ADAPTERS.register
 @dataclass
 class NOLA(AdapterConfig):
     """LoRA factors as seeded random-basis combinations; only ``2 * num_basis`` per module train."""

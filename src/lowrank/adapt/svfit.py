@@ -21,9 +21,10 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, ModelFileError, TargetError
-from .base import AdapterConfig, AdapterLayer, LoraExport
+from .base import ADAPTERS, AdapterConfig, AdapterLayer, LoraExport
 
 
+@ADAPTERS.register
 @dataclass
 class SVFit(AdapterConfig):
     """Train the top-``rank`` singular values of each targeted weight (``rank`` per matrix)."""

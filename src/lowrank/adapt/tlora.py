@@ -27,9 +27,10 @@ import torch
 from torch import nn
 
 from ..errors import TargetError
-from .base import AdapterConfig, AdapterLayer, generator, positive
+from .base import ADAPTERS, AdapterConfig, AdapterLayer, generator, positive
 
 
+@ADAPTERS.register
 @dataclass
 class TLoRA(AdapterConfig):
     """Kronecker transform (identity init) + tensor-train residual of TT-rank ``rank``."""

@@ -2,9 +2,10 @@
 constraints (:class:`RankConstraints`: keep bounds and rank alignment) that every allocator
 honours while meeting it (spec §15.3).
 
-An allocator is a function ``(items, keep, *, constraints=UNCONSTRAINED) -> Allocation``. The
-shared pieces here do the constrained part once: :meth:`RankConstraints.snap` maps any raw rank
-to the nearest allowed one (so each allocator's ``ranks_at`` stays a plain rule),
+A rank allocator (:class:`lowrank.alloc.base.RankAllocator`) maps ``(items, keep,
+constraints)`` to an :class:`Allocation`. The shared pieces here do the constrained part once:
+:meth:`RankConstraints.snap` maps any raw rank to the nearest allowed one (so each allocator's
+``ranks_at`` stays a plain rule),
 :func:`target_params` checks that the bounds can reach the budget at all,
 :func:`bisect_parameter` finds the largest setting of the allocator's one knob that fits, and
 :func:`greedy_fill` closes the integer gap in steps of ``align`` ranks.
@@ -33,8 +34,8 @@ class BudgetItem:
     """One targeted matrix: its shape, bias, and weighted singular values (descending).
 
     ``spectrum`` is the method's (weighted, e.g. whitened) spectrum; ``weight_spectrum`` the
-    plain singular values of the weight, filled only for data-free allocators that ask for it
-    (``needs_weight_spectrum``); :attr:`plain_spectrum` falls back to ``spectrum``.
+    plain singular values of the weight, filled only for allocators that declare
+    ``needs_weight_spectrum``; :attr:`plain_spectrum` falls back to ``spectrum``.
     """
 
     name: str
@@ -184,11 +185,6 @@ class RankConstraints:
 
 
 UNCONSTRAINED = RankConstraints()
-
-
-def clamp_rank(item: BudgetItem, rank: int) -> int | None:
-    """A rank in [1, max_rank], or ``None`` when factorizing at ``rank`` would not save."""
-    return UNCONSTRAINED.snap(item, rank)
 
 
 def total_cost(items: Sequence[BudgetItem], ranks: dict[str, int | None]) -> int:

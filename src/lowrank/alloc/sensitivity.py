@@ -17,8 +17,9 @@ the budget), then fills the integer gap by the largest gap reduction per paramet
 ``sensitivity-sqrt`` is the simpler rule of spec §16: each matrix keeps a fraction of its
 break-even rank proportional to ``s_l ** 0.5``, one multiplier bisected to the budget.
 
-The probes come from :func:`lowrank.compress` (they need the model and calibration text);
-the allocators only read ``BudgetItem.sensitivity``.
+The measurement is the :data:`~lowrank.alloc.base.Probe` that the method passes
+(``needs_probe``; it needs the model and calibration text): each matrix without a
+``BudgetItem.sensitivity`` gets ``probe(item, probe_rank(item))`` there.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from collections.abc import Sequence
 import torch
 
 from ..errors import DataError
-from ..registry import register_allocator
+from .base import ALLOCATORS, Probe, RankAllocator
 from .budget import (
     UNCONSTRAINED,
     Allocation,
@@ -49,8 +50,12 @@ def probe_rank(item: BudgetItem) -> int:
     return max(1, min(item.max_rank, int(0.5 * item.break_even)))
 
 
-def _sensitivities(items: Sequence[BudgetItem]) -> dict[str, float]:
-    missing = [it.name for it in items if getattr(it, "sensitivity", None) is None]
+def _sensitivities(items: Sequence[BudgetItem], probe: Probe | None) -> dict[str, float]:
+    """Each item's sensitivity, measured with ``probe`` where it has none yet."""
+    for it in items:
+        if it.sensitivity is None and probe is not None:
+            it.sensitivity = probe(it, probe_rank(it))
+    missing = [it.name for it in items if it.sensitivity is None]
     if missing:
         raise DataError("the 'sensitivity' allocators need measured sensitivities: run them "
                         "through lowrank.compress with calibration data (missing for "
@@ -82,58 +87,66 @@ class _GapCurve:
         return self.ranks[min(range(len(values)), key=values.__getitem__)]
 
 
-@register_allocator("sensitivity")
-def sensitivity(items: Sequence[BudgetItem], keep: float, *,
-                constraints: RankConstraints = UNCONSTRAINED) -> Allocation:
+@ALLOCATORS.register
+class Sensitivity(RankAllocator):
     """Minimise the predicted end-to-end loss ``sum_l s_l T_l(r_l) / T_l(p_l)`` under the
     budget (Lagrangian per matrix, multiplier bisected, integer gap filled greedily)."""
-    sens = _sensitivities(items)
-    target = _target(items, keep, constraints)
-    curves = {it.name: _GapCurve(it, sens[it.name], constraints) for it in items}
-    # lambda's natural unit: a matrix's loss at its probe per parameter of its dense cost
-    unit = sum(sens.values()) / sum(it.dense_cost() for it in items)
 
-    def ranks_at(t: float) -> dict[str, int | None]:
-        lam = unit * (1.0 - t) / max(t, 1e-12)
-        return {it.name: curves[it.name].best(lam) for it in items}
+    name = "sensitivity"
+    needs_probe = True
 
-    t, ranks = bisect_parameter(items, target, ranks_at, constraints=constraints)
+    def allocate(self, items: Sequence[BudgetItem], keep: float, *,
+                 constraints: RankConstraints = UNCONSTRAINED,
+                 probe: Probe | None = None) -> Allocation:
+        sens = _sensitivities(items, probe)
+        target = _target(items, keep, constraints)
+        curves = {it.name: _GapCurve(it, sens[it.name], constraints) for it in items}
+        # lambda's natural unit: a matrix's loss at its probe per parameter of its dense cost
+        unit = sum(sens.values()) / sum(it.dense_cost() for it in items)
 
-    def priority(item: BudgetItem, k: int) -> float:
-        curve = curves[item.name]
-        nxt = k + constraints.align
-        step = item.cost(nxt if nxt <= item.max_rank else None) - item.cost(k)
-        return (curve.at(k) - curve.at(nxt if nxt <= item.max_rank else None)) / max(step, 1)
+        def ranks_at(t: float) -> dict[str, int | None]:
+            lam = unit * (1.0 - t) / max(t, 1e-12)
+            return {it.name: curves[it.name].best(lam) for it in items}
 
-    ranks = greedy_fill(items, ranks, target, priority, constraints)
-    predicted = sum(curves[it.name].at(ranks[it.name]) for it in items)
-    details = {"rule": "lagrangian", "predicted_loss": predicted,
-               "sensitivity": {it.name: float(it.sensitivity) for it in items}}
-    return finish("sensitivity", items, ranks, keep, details, constraints)
+        t, ranks = bisect_parameter(items, target, ranks_at, constraints=constraints)
+
+        def priority(item: BudgetItem, k: int) -> float:
+            curve = curves[item.name]
+            nxt = k + constraints.align
+            step = item.cost(nxt if nxt <= item.max_rank else None) - item.cost(k)
+            return (curve.at(k) - curve.at(nxt if nxt <= item.max_rank else None)) / max(step, 1)
+
+        ranks = greedy_fill(items, ranks, target, priority, constraints)
+        predicted = sum(curves[it.name].at(ranks[it.name]) for it in items)
+        details = {"rule": "lagrangian", "predicted_loss": predicted,
+                   "sensitivity": {it.name: float(it.sensitivity) for it in items}}
+        return finish("sensitivity", items, ranks, keep, details, constraints)
 
 
-@register_allocator("sensitivity-sqrt")
-def sensitivity_sqrt(items: Sequence[BudgetItem], keep: float, *,
-                     constraints: RankConstraints = UNCONSTRAINED) -> Allocation:
+@ALLOCATORS.register
+class SensitivitySqrt(RankAllocator):
     """Rank ``floor(min(1, m * w_l / mean w) * mn/(m+n))`` with ``w_l = s_l ** 0.5``."""
-    sens = _sensitivities(items)
-    weights = {name: s ** POWER for name, s in sens.items()}
-    mean = sum(weights.values()) / len(weights)
-    target = _target(items, keep, constraints)
 
-    def ranks_at(t: float) -> dict[str, int | None]:
-        scale = t / max(1.0 - t, 1e-12)  # t in [0, 1) -> multiplier in [0, inf)
-        return {it.name: constraints.snap(
-            it, math.floor(min(1.0, scale * weights[it.name] / mean) * it.break_even))
-            for it in items}
+    name = "sensitivity-sqrt"
+    needs_probe = True
 
-    t, ranks = bisect_parameter(items, target, ranks_at, constraints=constraints)
-    ranks = greedy_fill(items, ranks, target,
-                        lambda it, k: weights[it.name] / mean - k / it.break_even, constraints)
-    details = {"rule": "sqrt", "multiplier": t / max(1.0 - t, 1e-12), "power": POWER,
-               "sensitivity": {it.name: float(it.sensitivity) for it in items}}
-    return finish("sensitivity-sqrt", items, ranks, keep, details, constraints)
+    def allocate(self, items: Sequence[BudgetItem], keep: float, *,
+                 constraints: RankConstraints = UNCONSTRAINED,
+                 probe: Probe | None = None) -> Allocation:
+        sens = _sensitivities(items, probe)
+        weights = {name: s ** POWER for name, s in sens.items()}
+        mean = sum(weights.values()) / len(weights)
+        target = _target(items, keep, constraints)
 
+        def ranks_at(t: float) -> dict[str, int | None]:
+            scale = t / max(1.0 - t, 1e-12)  # t in [0, 1) -> multiplier in [0, inf)
+            return {it.name: constraints.snap(
+                it, math.floor(min(1.0, scale * weights[it.name] / mean) * it.break_even))
+                for it in items}
 
-sensitivity.needs_probe = True  # type: ignore[attr-defined]
-sensitivity_sqrt.needs_probe = True  # type: ignore[attr-defined]
+        t, ranks = bisect_parameter(items, target, ranks_at, constraints=constraints)
+        ranks = greedy_fill(items, ranks, target,
+                            lambda it, k: weights[it.name] / mean - k / it.break_even, constraints)
+        details = {"rule": "sqrt", "multiplier": t / max(1.0 - t, 1e-12), "power": POWER,
+                   "sensitivity": {it.name: float(it.sensitivity) for it in items}}
+        return finish("sensitivity-sqrt", items, ranks, keep, details, constraints)

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..registry import register_allocator
+from .base import ALLOCATORS, Probe, RankAllocator
 from .budget import (
     UNCONSTRAINED,
     Allocation,
@@ -130,40 +130,45 @@ def group_fractions(items: Sequence[BudgetItem], keep: float) -> GroupFractions:
                           removed, uniform_ranks)
 
 
-@register_allocator("svdllm-v2")
-def svdllm_v2(items: Sequence[BudgetItem], keep: float, *,
-              constraints: RankConstraints = UNCONSTRAINED) -> Allocation:
+@ALLOCATORS.register
+class SVDLLMV2(RankAllocator):
     """Group-normalised ``1/log(loss)`` allocation (SVD-LLM V2), fixed to the global budget.
 
     ``details`` holds the groups, the losses, each matrix's kept fraction after the group
     normalisation (``group_keep``: each group's mean equals ``keep``) and the multiplier
     ``scale`` on the removed fractions that met the budget.
     """
-    target = _target(items, keep, constraints)
-    fr = group_fractions(items, keep)
 
-    def scale_at(t: float) -> float:
-        return math.inf if t <= 0 else (1.0 - t) / t  # t = 1/2 is the group normalisation
+    name = "svdllm-v2"
 
-    def kept_at(scale: float) -> dict[str, float]:
-        return {name: min(1.0, max(0.0, 1.0 - (0.0 if r == 0 else scale * r)))
-                for name, r in fr.removed.items()}
+    def allocate(self, items: Sequence[BudgetItem], keep: float, *,
+                 constraints: RankConstraints = UNCONSTRAINED,
+                 probe: Probe | None = None) -> Allocation:
+        target = _target(items, keep, constraints)
+        fr = group_fractions(items, keep)
 
-    def ranks_at(t: float) -> dict[str, int | None]:
-        kept = kept_at(scale_at(t))
-        return {it.name: constraints.snap(it, math.floor(kept[it.name] * it.break_even + 1e-9))
-                for it in items}
+        def scale_at(t: float) -> float:
+            return math.inf if t <= 0 else (1.0 - t) / t  # t = 1/2 is the group normalisation
 
-    t, ranks = bisect_parameter(items, target, ranks_at, constraints=constraints)
-    scale = scale_at(t)
-    goal = kept_at(scale)
-    ranks = greedy_fill(items, ranks, target,
-                        lambda it, k: goal[it.name] - k / it.break_even, constraints)
-    details = {
-        "groups": fr.groups,
-        "truncation_loss": fr.losses,
-        "uniform_rank": fr.uniform_ranks,
-        "group_keep": fr.kept(),
-        "scale": scale if math.isfinite(scale) else None,
-    }
-    return finish("svdllm-v2", items, ranks, keep, details, constraints)
+        def kept_at(scale: float) -> dict[str, float]:
+            return {name: min(1.0, max(0.0, 1.0 - (0.0 if r == 0 else scale * r)))
+                    for name, r in fr.removed.items()}
+
+        def ranks_at(t: float) -> dict[str, int | None]:
+            kept = kept_at(scale_at(t))
+            return {it.name: constraints.snap(
+                it, math.floor(kept[it.name] * it.break_even + 1e-9)) for it in items}
+
+        t, ranks = bisect_parameter(items, target, ranks_at, constraints=constraints)
+        scale = scale_at(t)
+        goal = kept_at(scale)
+        ranks = greedy_fill(items, ranks, target,
+                            lambda it, k: goal[it.name] - k / it.break_even, constraints)
+        details = {
+            "groups": fr.groups,
+            "truncation_loss": fr.losses,
+            "uniform_rank": fr.uniform_ranks,
+            "group_keep": fr.kept(),
+            "scale": scale if math.isfinite(scale) else None,
+        }
+        return finish("svdllm-v2", items, ranks, keep, details, constraints)

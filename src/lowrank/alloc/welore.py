@@ -23,7 +23,7 @@ Differences from the paper, on purpose:
   factorize whenever anything is pruned) is kept as an extra condition, pruned fraction
   ``> min_ratio``. With ``min_ratio >= 1 - k*/min(m, n)`` the two rules coincide (spec §9c).
 * **Data-free even after whitening.** The threshold uses the plain weight spectrum
-  (``BudgetItem.weight_spectrum``, which ``factorize`` fills because this function sets
+  (``BudgetItem.weight_spectrum``, which the method fills because :class:`WeLore` declares
   ``needs_weight_spectrum``), not the method's whitened one; the factors themselves are still
   the method's (e.g. SVD-LLM's whitened truncation at the chosen rank).
 
@@ -34,11 +34,13 @@ normalised value first (the order a lower threshold would add them), ``align`` r
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from ..errors import ConfigError
-from ..registry import register_allocator
+from .base import ALLOCATORS, Probe, RankAllocator
 from .budget import (
     UNCONSTRAINED,
     Allocation,
@@ -85,9 +87,9 @@ def threshold_for_rank_reduction(spectra: Sequence[torch.Tensor], reduction: flo
     return lo
 
 
-@register_allocator("welore")
-def welore(items: Sequence[BudgetItem], keep: float, *,
-           constraints: RankConstraints = UNCONSTRAINED, min_ratio: float = 0.0) -> Allocation:
+@ALLOCATORS.register
+@dataclass
+class WeLore(RankAllocator):
     """Global threshold ``tau`` on normalised weight spectra, bisected to the parameter budget.
 
     Kept rank of a matrix: ``#{s_hat_i >= tau}``; it stays dense where that rank would not
@@ -95,45 +97,53 @@ def welore(items: Sequence[BudgetItem], keep: float, *,
     and aligned by ``constraints`` (a ``max_keep < 1`` factorizes would-be dense matrices at
     their largest allowed rank).
     """
-    if not 0 <= min_ratio < 1:
-        raise ConfigError(f"min_ratio must be in [0, 1) (pruned fraction below which a matrix "
-                          f"stays dense), got {min_ratio}")
-    target = _target(items, keep, constraints)
-    normed = {it.name: normalised_spectrum(it.plain_spectrum) for it in items}
 
-    def raw_rank(it: BudgetItem, tau: float) -> int | None:
-        s = normed[it.name]
-        pruned = _pruned(s, tau)
-        if pruned / max(min(it.out_features, it.in_features), 1) <= min_ratio:
-            return None  # a non-low-rank component: stays dense
-        return s.numel() - pruned
+    name: ClassVar[str] = "welore"
+    needs_weight_spectrum: ClassVar[bool] = True  # the method fills BudgetItem.weight_spectrum
 
-    def ranks_at(t: float) -> dict[str, int | None]:
-        tau = 1.0 - t  # larger t, lower threshold, more rank kept: cost increases with t
-        return {it.name: constraints.snap(it, raw_rank(it, tau)) for it in items}
+    min_ratio: float = 0.0
 
-    def next_value(it: BudgetItem, k: int) -> float:
-        s = normed[it.name]
-        return float(s[k]) if k < s.numel() else -1.0
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_ratio < 1:
+            raise ConfigError(f"min_ratio must be in [0, 1) (pruned fraction below which a "
+                              f"matrix stays dense), got {self.min_ratio}")
 
-    t, ranks = bisect_parameter(items, target, ranks_at, constraints=constraints)
-    ranks = greedy_fill(items, ranks, target, next_value, constraints)
-    tau = 1.0 - t
+    def allocate(self, items: Sequence[BudgetItem], keep: float, *,
+                 constraints: RankConstraints = UNCONSTRAINED,
+                 probe: Probe | None = None) -> Allocation:
+        target = _target(items, keep, constraints)
+        normed = {it.name: normalised_spectrum(it.plain_spectrum) for it in items}
 
-    full = sum(min(it.out_features, it.in_features) for it in items)
-    realised = sum(min(it.out_features, it.in_features) - ranks[it.name] for it in items
-                   if ranks[it.name] is not None)
-    nominal = sum(_pruned(normed[it.name], tau) for it in items)
-    details = {
-        "tau": tau,
-        "rank_reduction": realised / full if full else 0.0,
-        "rank_reduction_at_tau": nominal / full if full else 0.0,
-        "dense": [it.name for it in items if ranks[it.name] is None],
-        "min_ratio": min_ratio,
-        "spectrum": "weight" if all(it.weight_spectrum is not None for it in items)
-        else "method",
-    }
-    return finish("welore", items, ranks, keep, details, constraints)
+        def raw_rank(it: BudgetItem, tau: float) -> int | None:
+            s = normed[it.name]
+            pruned = _pruned(s, tau)
+            if pruned / max(min(it.out_features, it.in_features), 1) <= self.min_ratio:
+                return None  # a non-low-rank component: stays dense
+            return s.numel() - pruned
 
+        def ranks_at(t: float) -> dict[str, int | None]:
+            tau = 1.0 - t  # larger t, lower threshold, more rank kept: cost increases with t
+            return {it.name: constraints.snap(it, raw_rank(it, tau)) for it in items}
 
-welore.needs_weight_spectrum = True  # factorize() fills BudgetItem.weight_spectrum for it
+        def next_value(it: BudgetItem, k: int) -> float:
+            s = normed[it.name]
+            return float(s[k]) if k < s.numel() else -1.0
+
+        t, ranks = bisect_parameter(items, target, ranks_at, constraints=constraints)
+        ranks = greedy_fill(items, ranks, target, next_value, constraints)
+        tau = 1.0 - t
+
+        full = sum(min(it.out_features, it.in_features) for it in items)
+        realised = sum(min(it.out_features, it.in_features) - ranks[it.name] for it in items
+                       if ranks[it.name] is not None)
+        nominal = sum(_pruned(normed[it.name], tau) for it in items)
+        details = {
+            "tau": tau,
+            "rank_reduction": realised / full if full else 0.0,
+            "rank_reduction_at_tau": nominal / full if full else 0.0,
+            "dense": [it.name for it in items if ranks[it.name] is None],
+            "min_ratio": self.min_ratio,
+            "spectrum": "weight" if all(it.weight_spectrum is not None for it in items)
+            else "method",
+        }
+        return finish("welore", items, ranks, keep, details, constraints)

@@ -76,7 +76,7 @@ def _key_values(items: list[str]) -> dict[str, Any]:
 def compress(
     model: str | None = MODEL_ARG,
     method: str | None = typer.Option(
-        None, help="a registered method (see `lowrank env` or lowrank.method_names()): svd, "
+        None, help="a registered method (lowrank.METHODS.names()): svd, "
                    "asvd, fwsvd, svdllm, conv, ...; default: the best measured training-free "
                    "configuration, svdllm with alloc=sensitivity and the embedding table in "
                    "the budget (vision models: conv with alloc=output-error at keep 0.5)"),
@@ -85,10 +85,10 @@ def compress(
                    "method's, 0.8 for the SVD family, 0.1 for conv; 0.5 for the default "
                    "configuration of vision models)"),
     alloc: str | None = typer.Option(
-        None, help="rank allocator: uniform (default with --method), sensitivity (default "
-                   "without), sensitivity-sqrt, energy, welore, svdllm-v2; conv: uniform "
-                   "(data-free) or output-error (per-layer keeps measured on the calibration "
-                   "images)"),
+        None, help="a registered allocator (lowrank.ALLOCATORS.names()): uniform (default "
+                   "with --method), sensitivity (default without), sensitivity-sqrt, energy, "
+                   "welore, svdllm-v2; conv: uniform (data-free) or output-error (per-layer "
+                   "keeps measured on the calibration images)"),
     mode: str | None = typer.Option(
         None, help="svdllm: 'original' (default) or 'sequential' (refit block by block on "
                    "inputs from the compressed model)"),

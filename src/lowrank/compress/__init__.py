@@ -1,8 +1,14 @@
-"""Post-training low-rank compression methods: one file each, a config dataclass + transform."""
+"""Post-training compression methods: one file each, a config dataclass and its transform.
+
+``base.py`` holds the contract (:class:`CompressionConfig`, :class:`Calibration`,
+:class:`MethodOutcome`) and the registry :data:`METHODS`; ``factorize.py`` the budgeted
+low-rank flow shared by SVD, ASVD, FWSVD, SVD-LLM, LoRD and AFM; every method module registers
+itself (``@METHODS.register``) when this package is imported.
+"""
 
 from .afm import AFM
 from .asvd import ASVD
-from .base import CompressionConfig, MethodOutcome, config_from_dict
+from .base import METHODS, Calibration, CompressionConfig, MethodOutcome
 from .conv import ConvFactorize
 from .cospadi import CoSpaDi
 from .eora import EoRA
@@ -17,21 +23,22 @@ from .svd import SVD
 from .svdllm import SVDLLM
 
 __all__ = [
-    "ConvFactorize",
-    "CoSpaDi",
-    "LR2VQ",
-    "MoDeGPT",
     "AFM",
-    "LoRD",
     "ASVD",
-    "EoRA",
     "FWSVD",
-    "MagnitudePrune",
+    "LR2VQ",
+    "METHODS",
     "RTN",
     "SVD",
     "SVDLLM",
+    "Calibration",
     "CompressionConfig",
+    "ConvFactorize",
+    "CoSpaDi",
+    "EoRA",
     "FactorizationConfig",
+    "LoRD",
+    "MagnitudePrune",
     "MethodOutcome",
-    "config_from_dict",
+    "MoDeGPT",
 ]

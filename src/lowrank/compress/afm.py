@@ -31,7 +31,7 @@ from torch import nn
 from ..alloc.budget import BudgetItem
 from ..calib.stats import CalibrationStats
 from ..linalg.output_pca import output_covariance, output_pca
-from ..registry import register_method
+from .base import METHODS
 from .embedding import AffineBudgetItem
 from .factorize import FactorizationConfig
 from .lord import OutputPCADecomposition, site_stats
@@ -51,7 +51,7 @@ class AFMDecomposition(OutputPCADecomposition):
         return shift if bias is None else bias.to(shift.device, torch.float64) + shift
 
 
-@register_method
+@METHODS.register
 @dataclass
 class AFM(FactorizationConfig):
     """Centred output PCA with the bias correction (AFM), optionally on the embedding table.
@@ -68,7 +68,7 @@ class AFM(FactorizationConfig):
     """
 
     method: ClassVar[str] = "afm"
-    needs: ClassVar[frozenset[str]] = frozenset({"gram"})
+    statistics: ClassVar[frozenset[str]] = frozenset({"gram"})
 
     def decompose(self, weight: torch.Tensor, name: str,
                   stats: CalibrationStats | None) -> AFMDecomposition:

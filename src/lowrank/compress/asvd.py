@@ -11,11 +11,11 @@ import torch
 from ..calib.stats import CalibrationStats
 from ..errors import ConfigError
 from ..linalg import DiagonalRoot, WhitenedSVD, whitened_svd
-from ..registry import register_method
+from .base import METHODS
 from .factorize import FactorizationConfig
 
 
-@register_method
+@METHODS.register
 @dataclass
 class ASVD(FactorizationConfig):
     """Scale input channels by ``s^alpha`` (``s = mean |x|`` on calibration data) before the SVD.
@@ -25,7 +25,7 @@ class ASVD(FactorizationConfig):
     """
 
     method: ClassVar[str] = "asvd"
-    needs: ClassVar[frozenset[str]] = frozenset({"abs_mean"})
+    statistics: ClassVar[frozenset[str]] = frozenset({"abs_mean"})
 
     alpha: float = field(default=0.5, metadata={
         "help": "exponent of the activation scaling s^alpha (0 = plain SVD)"})

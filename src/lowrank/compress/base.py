@@ -1,8 +1,17 @@
-"""The shared base of compression configs: common fields, validation, JSON round trip."""
+"""The compression-method contract: :class:`CompressionConfig`, the registry :data:`METHODS`,
+what a method receives (:class:`Calibration`) and what it returns (:class:`MethodOutcome`).
+
+A method is one file in ``compress/``: a dataclass deriving :class:`CompressionConfig` that
+declares its registry name (``method``), the layers it transforms (``selects``: linear layers
+by default), the calibration statistics it reads (``statistics``) and implements ``apply``;
+the line ``@METHODS.register`` above it (and its import in ``compress/__init__``) makes it
+reachable by name: ``lowrank.METHODS.get``, ``lowrank compress --method``, saved manifests.
+Factorizations derive from :class:`~lowrank.compress.factorize.FactorizationConfig`, which
+adds ``keep`` and a registered rank allocator ``alloc``.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -10,10 +19,23 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..alloc.base import Allocator
 from ..calib.data import TokenizedText
 from ..calib.stats import CalibrationStats
-from ..errors import ConfigError
+from ..config import Config
+from ..registry import Registry
+from ..targets import LINEAR, LayerKind
 from .result import ModuleReport
+
+
+@dataclass
+class Calibration:
+    """What :func:`lowrank.compress` hands a method's ``apply``: the calibration statistics,
+    the tokenised calibration text and calibration images (each ``None`` when not given)."""
+
+    stats: CalibrationStats | None = None
+    tokens: TokenizedText | None = None
+    images: torch.Tensor | None = None
 
 
 @dataclass
@@ -27,39 +49,39 @@ class MethodOutcome:
     params_after: int = 0
 
 
-@dataclass
-class CompressionConfig(ABC):
-    """Fields every compression method shares, validation and the JSON round trip.
+#: Compression methods by name (each method module registers itself).
+METHODS: Registry[type[CompressionConfig]] = Registry("method", lambda cls: cls.method)
 
-    Subclasses set ``method`` (registry name) and ``needs`` (statistics they consume:
-    ``"gram"``, ``"abs_mean"``, ``"fisher"``), and implement :meth:`apply`, which transforms
-    the selected modules of a model in place. Low-rank factorizations derive from
-    :class:`lowrank.compress.factorize.FactorizationConfig`, which adds ``keep`` and
-    ``alloc``.
+
+@dataclass
+class CompressionConfig(Config, ABC):
+    """A compression method: shared fields and JSON round trip (:class:`~lowrank.config.Config`)
+    plus the declarations :func:`lowrank.compress` reads (see module docstring).
+
+    ``needs`` is everything ``compress`` must provide: the ``statistics`` (``"gram"``,
+    ``"abs_mean"``, ``"fisher"``), ``"text"`` (calibration passages for end-to-end passes:
+    the output probe of a sensitivity allocator, refits, MoDeGPT's block importance) and
+    ``"images"`` (calibration images: the conv method's output-error allocation).
     """
 
+    name_key: ClassVar[str] = "method"
+    plugins: ClassVar[Registry[type[CompressionConfig]]] = METHODS
     method: ClassVar[str] = ""
-    needs: ClassVar[frozenset[str]] = frozenset()
-    version: ClassVar[int] = 1
-
-    targets: list[str] | None = field(default=None, metadata={
-        "help": "modules to compress: class names, dotted names or 're:' regexes; default: "
-                "every linear layer inside the repeated blocks"})
-    ignore: list[str] | None = field(default=None, metadata={
-        "help": "modules to leave dense, same grammar as targets"})
-    seed: int = field(default=0, metadata={"help": "random seed (randomized solvers)"})
-
-    def __post_init__(self) -> None:
-        if isinstance(self.targets, str):
-            self.targets = [self.targets]
-        if isinstance(self.ignore, str):
-            self.ignore = [self.ignore]
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ConfigError(f"seed must be an int, got {self.seed!r}")
+    selects: ClassVar[LayerKind] = LINEAR
+    statistics: ClassVar[frozenset[str]] = frozenset()
 
     @property
-    def requires_data(self) -> bool:
-        return bool(self.needs)
+    def allocator(self) -> Allocator | None:
+        """The registered allocator this configuration spends its budget with, if any."""
+        return None
+
+    @property
+    def needs(self) -> frozenset[str]:
+        needs = set(self.statistics)
+        allocator = self.allocator
+        if self.refines or (allocator is not None and allocator.needs_probe):
+            needs.add("text")
+        return frozenset(needs)
 
     @property
     def refines(self) -> bool:
@@ -73,16 +95,9 @@ class CompressionConfig(ABC):
 
     @abstractmethod
     def apply(self, model: nn.Module, modules: dict[str, nn.Module],
-              stats: CalibrationStats | None) -> MethodOutcome:
-        """Transform ``modules`` of ``model`` in place and report each one."""
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return {"method": self.method, "version": self.version, **data}
-
-    @classmethod
-    def help(cls) -> dict[str, str]:
-        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+              calib: Calibration) -> MethodOutcome:
+        """Transform ``modules`` of ``model`` (the layers it selects) in place and report
+        each one."""
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -98,14 +113,3 @@ def output_error(weight: torch.Tensor, approx: torch.Tensor, gram: torch.Tensor)
     num = torch.einsum("ij,jk,ik->", delta, gram, delta).clamp_min(0)
     den = torch.einsum("ij,jk,ik->", weight, gram, weight).clamp_min(1e-300)
     return float((num / den).sqrt())
-
-
-def config_from_dict(data: dict[str, Any]) -> CompressionConfig:
-    """Rebuild a config from :meth:`CompressionConfig.to_dict` output; unknown keys dropped."""
-    from ..registry import get_method
-
-    if not isinstance(data, dict) or "method" not in data:
-        raise ConfigError("a method config must be a JSON object with a 'method' key")
-    cls = get_method(str(data["method"]))
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})

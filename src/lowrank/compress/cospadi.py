@@ -25,13 +25,18 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..calib.stats import CalibrationStats
 from ..errors import ConfigError, DataError
 from ..linalg.omp import ksvd
 from ..nn.sparse_dict import SparseDictLinear, index_bits
-from ..registry import register_method
 from ..utils.progress import progress
-from .base import CompressionConfig, MethodOutcome, output_error, replace_module
+from .base import (
+    METHODS,
+    Calibration,
+    CompressionConfig,
+    MethodOutcome,
+    output_error,
+    replace_module,
+)
 from .result import ModuleReport
 
 
@@ -58,13 +63,13 @@ def dictionary_shape(out_features: int, in_features: int, keep: float, ratio: fl
     return best
 
 
-@register_method
+@METHODS.register
 @dataclass
 class CoSpaDi(CompressionConfig):
     """Whitened K-SVD sparse dictionaries per matrix (see module docstring)."""
 
     method: ClassVar[str] = "cospadi"
-    needs: ClassVar[frozenset[str]] = frozenset({"gram"})
+    statistics: ClassVar[frozenset[str]] = frozenset({"gram"})
 
     keep: float = field(default=0.8, metadata={
         "help": "fraction of each targeted matrix's parameters that remain, index storage "
@@ -104,7 +109,8 @@ class CoSpaDi(CompressionConfig):
         return dictionary, fit.code.support, fit.code.values, fit.rel_error
 
     def apply(self, model: nn.Module, modules: dict[str, nn.Module],
-              stats: CalibrationStats | None) -> MethodOutcome:
+              calib: Calibration) -> MethodOutcome:
+        stats = calib.stats
         if stats is None:
             raise DataError("CoSpaDi learns its dictionaries in the whitened space of the inputs: "
                             "it needs calibration statistics (data=...)")
@@ -136,7 +142,7 @@ class CoSpaDi(CompressionConfig):
                 if not all(torch.isfinite(p).all() for p in new.parameters()):
                     raise DataError(f"CoSpaDi produced non-finite factors for '{name}'; the "
                                     "module was left unchanged")
-                approx = new.weight_product().detach().to(torch.float64)
+                approx = new.dense_weight().detach().to(torch.float64)
                 after = new.budget_parameters(bits)  # bias included
                 rank = k
                 notes.update({"num_atoms": k, "sparsity": s, "index_bits": new.index_bits(),

@@ -12,33 +12,32 @@ in the uniform distribution so tokens the calibration text never contains still 
 basis (``f = 1``: plain PCA of the table; ``f = 0``: calibration frequencies only).
 
 Every factorization method (SVD-LLM, AFM, ...) can put the table in its budget
-(``embeddings=True``): with ``embedding_keep=None`` it shares one allocation with the linears,
-so an allocator that measures end-to-end sensitivity spends the parameters where they buy the
-most quality; a number fixes the table's own kept fraction.
+(``embeddings=True``, :func:`lowrank.compress.factorize.factorize_with_embedding`): with
+``embedding_keep=None`` it shares one allocation with the linears, so an allocator that
+measures end-to-end sensitivity spends the parameters where they buy the most quality; a number
+fixes the table's own kept fraction. This module holds the table's pieces: its budget item,
+PCA, the probe's out-of-sample trial and the replacement.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..alloc.budget import BudgetItem
-from ..alloc.sensitivity import probe_rank
+from ..calib.data import TokenizedText
 from ..calib.stats import CalibrationStats
 from ..errors import ConfigError, DataError
 from ..linalg.output_pca import output_pca, weighted_row_moments
 from ..nn import FactorizedEmbedding
 from ..nn.accounting import linear_params
-from ..registry import get_allocator
-from .base import MethodOutcome, replace_module
+from .base import replace_module
 from .result import ModuleReport
-
-if TYPE_CHECKING:
-    from .factorize import FactorizationConfig
 
 
 @dataclass
@@ -162,67 +161,23 @@ def pca_from_counts(embedding: nn.Embedding, counts: torch.Tensor, floor: float
     return EmbeddingPCA.fit(embedding.weight.detach(), weights, total)
 
 
-def _held_out_probe(name: str, embedding: nn.Embedding, item: BudgetItem,
-                    counts: torch.Tensor, floor: float) -> float:
-    """The table's measured sensitivity, out of sample: the probe passages' tokens are taken
-    out of the counts the probe's PCA is fitted on, so tokens that only the probe text
+def held_out_trial(embedding: nn.Embedding, counts: torch.Tensor, floor: float,
+                   passages: TokenizedText) -> Callable[[int], FactorizedEmbedding]:
+    """The table at a rank for the sensitivity probe, out of sample: the probe passages'
+    tokens are taken out of the counts its PCA is fitted on, so tokens that only the probe text
     contains count as unseen (as they would on new text), instead of the in-sample optimum."""
-    from .factorize import current_probe
-
-    probe = current_probe()
-    passages = getattr(probe, "passages", None)
-    fit = counts
-    if passages is not None:
-        ids = passages.input_ids[passages.attention_mask.bool()].to(counts.device)
-        ids = ids[ids < counts.numel()]
-        held = torch.bincount(ids, minlength=counts.numel()).to(counts.dtype)
-        rest = (counts - held).clamp_min(0)
-        fit = rest if float(rest.sum()) > 0 else counts
-    pca = pca_from_counts(embedding, fit, floor)
-    return probe(name, pca.module(probe_rank(item), embedding))
+    ids = passages.input_ids[passages.attention_mask.bool()].to(counts.device)
+    ids = ids[ids < counts.numel()]
+    held = torch.bincount(ids, minlength=counts.numel()).to(counts.dtype)
+    rest = (counts - held).clamp_min(0)
+    pca = pca_from_counts(embedding, rest if float(rest.sum()) > 0 else counts, floor)
+    return lambda rank: pca.module(rank, embedding)
 
 
-def factorize_with_embedding(config: FactorizationConfig, model: nn.Module,
-                             modules: dict[str, nn.Module],
-                             stats: CalibrationStats | None) -> MethodOutcome:
-    """:func:`~lowrank.compress.factorize.factorize` with the input-embedding table in the
-    budget (shared allocation, or its own ``embedding_keep``)."""
-    from .factorize import factorize
-
-    name, embedding = input_embedding(model)
-    pca, counts = embedding_pca(embedding, stats, config.embedding_floor)
-    item = AffineBudgetItem(name, embedding.embedding_dim, embedding.num_embeddings, True,
-                            pca.spectrum, dense_bias=False)
-    allocator = get_allocator(config.alloc)
-    if getattr(allocator, "needs_weight_spectrum", False):
-        item.weight_spectrum = torch.linalg.svdvals(pca.table)  # data-free allocators
-    if config.embedding_keep is None:
-        if getattr(allocator, "needs_probe", False) and item.max_rank >= 1:
-            item.sensitivity = _held_out_probe(name, embedding, item, counts,
-                                               config.embedding_floor)
-        outcome = factorize(config, model, modules, stats, extra_items=[item])
-        rank = outcome.allocation["ranks"][name]
-    else:
-        outcome = factorize(config, model, modules, stats)
-        rank = rank_for_keep(item, config.embedding_keep, config.rank_align)
-        linears_before = outcome.params_before
-        outcome.params_before += item.dense_cost()
-        outcome.params_after += item.cost(rank)
-        outcome.keep_target = (config.keep * linears_before
-                               + config.embedding_keep * item.dense_cost()
-                               ) / outcome.params_before
-    report = _replace_embedding(model, name, embedding, pca, counts, rank, item,
-                                config.embedding_floor)
-    outcome.reports.insert(0, report)
-    outcome.allocation["embedding"] = {
-        "name": name, "rank": rank, "keep_target": config.embedding_keep,
-        "params_before": report.params_before, "params_after": report.params_after}
-    return outcome
-
-
-def _replace_embedding(model: nn.Module, name: str, embedding: nn.Embedding, pca: EmbeddingPCA,
-                       counts: torch.Tensor, rank: int | None, item: AffineBudgetItem,
-                       floor: float) -> ModuleReport:
+def replace_embedding(model: nn.Module, name: str, embedding: nn.Embedding, pca: EmbeddingPCA,
+                      counts: torch.Tensor, rank: int | None, item: AffineBudgetItem,
+                      floor: float) -> ModuleReport:
+    """Put the rank-``rank`` table in place (``None``: leave it dense) and report it."""
     notes: dict[str, Any] = {
         "kind": "embedding", "embedding_floor": floor,
         "calibration_tokens": int(counts.sum()),
@@ -240,7 +195,7 @@ def _replace_embedding(model: nn.Module, name: str, embedding: nn.Embedding, pca
         raise DataError(f"the PCA of embedding table '{name}' produced non-finite factors; "
                         "the table was left unchanged")
     E = embedding.weight.detach().to(torch.float64)
-    approx = new.weight_product().detach().to(torch.float64)
+    approx = new.dense_weight().detach().to(torch.float64)
     seen = counts > 0
     c = counts[seen]
     err = ((E[seen] - approx[seen]) ** 2).sum(1)

@@ -33,9 +33,15 @@ from torch import nn
 from ..calib.stats import CalibrationStats
 from ..errors import ConfigError, DataError
 from ..linalg import whitened_svd
-from ..nn import ResidualLowRankLinear
-from ..registry import register_method
-from .base import CompressionConfig, MethodOutcome, output_error, replace_module
+from ..nn import ResidualLowRankLinear, dense_weight_of
+from .base import (
+    METHODS,
+    Calibration,
+    CompressionConfig,
+    MethodOutcome,
+    output_error,
+    replace_module,
+)
 from .prune import check_prune_fields, prune_mask
 from .quant import quantize_linear
 from .result import ModuleReport
@@ -53,7 +59,7 @@ def _copy_linear(lin: nn.Linear, weight: torch.Tensor) -> nn.Linear:
     return new
 
 
-@register_method
+@METHODS.register
 @dataclass
 class EoRA(CompressionConfig):
     """Compress each targeted layer with ``base``, then add the output-optimal rank-``rank``
@@ -68,7 +74,7 @@ class EoRA(CompressionConfig):
     """
 
     method: ClassVar[str] = "eora"
-    needs: ClassVar[frozenset[str]] = frozenset({"gram"})
+    statistics: ClassVar[frozenset[str]] = frozenset({"gram"})
 
     rank: int | float = field(default=32, metadata={
         "help": "rank of the correction: an int, or a float in (0, 1] = fraction of "
@@ -134,7 +140,8 @@ class EoRA(CompressionConfig):
         return _copy_linear(lin, weight * mask.to(weight.dtype))
 
     def apply(self, model: nn.Module, modules: dict[str, nn.Module],
-              stats: CalibrationStats | None) -> MethodOutcome:
+              calib: Calibration) -> MethodOutcome:
+        stats = calib.stats
         if stats is None:
             raise DataError("EoRA needs calibration statistics (the input Gram of each layer)")
         if self.base == "prune-2:4":  # fail before changing anything
@@ -165,8 +172,7 @@ class EoRA(CompressionConfig):
                     ) -> tuple[ResidualLowRankLinear, ModuleReport]:
         weight = lin.weight.detach().to(torch.float64)
         base = self.compress_base(name, lin)
-        compressed = (base.dense_weight() if hasattr(base, "dense_weight") else base.weight)
-        compressed = compressed.detach().to(torch.float64)
+        compressed = dense_weight_of(base).detach().to(torch.float64)
         root = stats.gram_root(name, self.floor)
         device = root.eigenvectors.device
         dec = whitened_svd((weight - compressed).to(device), root)

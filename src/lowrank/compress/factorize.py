@@ -9,24 +9,29 @@ targeted matrix, lets the allocator spend the global budget over their spectra, 
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..alloc.budget import BudgetItem, RankConstraints
-from ..alloc.sensitivity import probe_rank
+from ..alloc import ALLOCATORS, BudgetItem, Probe, RankAllocator, RankConstraints
 from ..calib.stats import CalibrationStats
 from ..errors import ConfigError, DataError
 from ..linalg import WhitenedSVD
 from ..linalg.output_pca import affine_output_error
 from ..nn import LowRankLinear
-from ..registry import get_allocator
-from .base import CompressionConfig, MethodOutcome, output_error, replace_module
+from .base import Calibration, CompressionConfig, MethodOutcome, output_error, replace_module
+from .embedding import (
+    AffineBudgetItem,
+    embedding_pca,
+    held_out_trial,
+    input_embedding,
+    rank_for_keep,
+    replace_embedding,
+)
+from .probe import OutputProbe
 from .result import ModuleReport
 
 
@@ -38,10 +43,12 @@ class FactorizationConfig(CompressionConfig):
         "help": "fraction of the targeted parameters that remain (0 < keep <= 1); keep=0.8 is "
                 "what the literature calls a 20% compression ratio"})
     alloc: str = field(default="uniform", metadata={
-        "help": "rank allocator: 'uniform' (same keep for every matrix), 'energy' (same "
-                "fraction of weighted spectral energy per matrix, bisected to the budget), "
-                "'welore' (one global threshold on min-max normalised weight spectra, "
-                "data-free) or 'svdllm-v2' (per-type groups weighted by 1/log truncation loss)"})
+        "help": "a registered rank allocator (lowrank.ALLOCATORS): 'uniform' (same keep for "
+                "every matrix), 'energy' (same fraction of weighted spectral energy per "
+                "matrix, bisected to the budget), 'welore' (one global threshold on min-max "
+                "normalised weight spectra, data-free), 'svdllm-v2' (per-type groups weighted "
+                "by 1/log truncation loss), 'sensitivity' / 'sensitivity-sqrt' (measured end to "
+                "end on calibration text)"})
     min_keep: float = field(default=0.0, metadata={
         "help": "lower bound on each matrix's kept fraction of its own dense parameters "
                 "(0 <= min_keep <= max_keep); a dense matrix keeps 1"})
@@ -63,8 +70,6 @@ class FactorizationConfig(CompressionConfig):
                 "table), so unseen tokens still shape the basis"})
 
     def __post_init__(self) -> None:
-        from ..registry import allocator_names
-
         super().__post_init__()
         if isinstance(self.keep, bool) or not isinstance(self.keep, (int, float)):
             raise ConfigError(f"keep must be a number in (0, 1], got {self.keep!r}")
@@ -72,9 +77,11 @@ class FactorizationConfig(CompressionConfig):
             raise ConfigError(
                 f"keep must be in (0, 1] (fraction of parameters kept), got {self.keep}")
         self.keep = float(self.keep)
-        if self.alloc not in allocator_names():
-            raise ConfigError(f"unknown allocator '{self.alloc}': expected one of "
-                              f"{', '.join(allocator_names())}")
+        if not issubclass(ALLOCATORS.get(self.alloc), RankAllocator):
+            ranks = [n for n in ALLOCATORS.names()
+                     if issubclass(ALLOCATORS.get(n), RankAllocator)]
+            raise ConfigError(f"allocator '{self.alloc}' does not allocate ranks: method "
+                              f"'{self.method}' takes one of {', '.join(ranks)}")
         for name in ("min_keep", "max_keep"):
             value = getattr(self, name)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -102,6 +109,10 @@ class FactorizationConfig(CompressionConfig):
         self.embedding_floor = float(self.embedding_floor)
 
     @property
+    def allocator(self) -> RankAllocator:
+        return ALLOCATORS.get(self.alloc)()
+
+    @property
     def constraints(self) -> RankConstraints:
         """The per-matrix bounds every allocator honours (``min_keep``, ``max_keep``, align)."""
         return RankConstraints(self.min_keep, self.max_keep, self.rank_align)
@@ -122,75 +133,59 @@ class FactorizationConfig(CompressionConfig):
                           module.bias is not None, spectrum)
 
     def apply(self, model: nn.Module, modules: dict[str, nn.Module],
-              stats: CalibrationStats | None) -> MethodOutcome:
+              calib: Calibration) -> MethodOutcome:
+        output = None
+        if self.allocator.needs_probe:
+            if calib.tokens is None:
+                raise DataError(f"the '{self.alloc}' allocator measures the model end to end: "
+                                "pass calibration text (data=...) to compress()")
+            output = OutputProbe(model, calib.tokens)
         if self.embeddings:
-            from .embedding import factorize_with_embedding
-
-            return factorize_with_embedding(self, model, modules, stats)
-        return factorize(self, model, modules, stats)
+            return factorize_with_embedding(self, model, modules, calib.stats, output)
+        return factorize(self, model, modules, calib.stats, output)
 
 
-Probe = Callable[[str, nn.Module], float]
-_PROBE: ContextVar[Probe | None] = ContextVar("lowrank_sensitivity_probe", default=None)
-
-
-@contextmanager
-def sensitivity_probe(probe: Probe) -> Iterator[None]:
-    """Make ``probe(name, replacement) -> end-to-end change`` available to allocators that
-    measure sensitivity (set by :func:`lowrank.compress`, which owns the model and data)."""
-    token = _PROBE.set(probe)
-    try:
-        yield
-    finally:
-        _PROBE.reset(token)
-
-
-def current_probe() -> Probe:
-    """The probe set by :func:`sensitivity_probe`; a clear error outside of it."""
-    probe = _PROBE.get()
-    if probe is None:
-        raise DataError("the 'sensitivity' allocator measures the model end to end: call it "
-                        "through lowrank.compress with calibration data")
-    return probe
-
-
-def _measure_sensitivities(modules: dict[str, nn.Module], decomps: dict[str, Any],
-                           items: list[BudgetItem]) -> None:
-    """Each matrix alone truncated to half its break-even rank: the model's output change."""
-    probe = current_probe()
-    for item in items:
-        lin, dec = modules[item.name], decomps[item.name]
-        rank = probe_rank(item)
-        B, A = dec.factors(rank)
-        bias = None if lin.bias is None else lin.bias.detach()
-        if hasattr(dec, "bias"):
-            bias = dec.bias(rank, bias)
-        trial = LowRankLinear.from_factors(B.to(lin.weight.dtype), A.to(lin.weight.dtype),
-                                           bias).to(lin.weight.device)
-        item.sensitivity = probe(item.name, trial)
+def _low_rank(lin: nn.Linear, dec: Any, rank: int) -> LowRankLinear:
+    """``lin`` at ``rank`` from its decomposition (the decomposition's bias when it sets one)."""
+    B, A = dec.factors(rank)
+    bias = None if lin.bias is None else lin.bias.detach()
+    if hasattr(dec, "bias"):
+        bias = dec.bias(rank, bias)
+    return LowRankLinear.from_factors(B.to(lin.weight.dtype), A.to(lin.weight.dtype),
+                                      bias).to(lin.weight.device)
 
 
 def factorize(config: FactorizationConfig, model: nn.Module, modules: dict[str, nn.Module],
-              stats: CalibrationStats | None,
-              extra_items: Sequence[BudgetItem] = ()) -> MethodOutcome:
+              stats: CalibrationStats | None, output: OutputProbe | None = None,
+              extra_items: Sequence[BudgetItem] = (),
+              extra_trials: Mapping[str, Callable[[int], nn.Module]] | None = None
+              ) -> MethodOutcome:
     """Decompose, allocate under ``config.keep``, and replace; one report per module.
 
-    ``extra_items`` (not linears: an embedding table) share the allocation: their ranks are in
-    the outcome's allocation and their parameters in its totals; the caller replaces them.
+    ``output`` measures the end-to-end change of a truncated matrix for allocators that need a
+    probe. ``extra_items`` (not linears: an embedding table) share the allocation: their ranks
+    are in the outcome's allocation and their parameters in its totals; the caller replaces
+    them; ``extra_trials[name](rank)`` builds one at a rank for the probe.
     """
-    allocator = get_allocator(config.alloc)
-    plain = getattr(allocator, "needs_weight_spectrum", False)  # data-free allocators (WeLore)
+    allocator = config.allocator
     decomps, items = {}, []
     for name, lin in modules.items():
         decomps[name] = config.decompose(lin.weight.detach().to(torch.float64), name, stats)
         items.append(config.budget_item(name, lin, decomps[name].spectrum))
-        if plain:
+        if allocator.needs_weight_spectrum:
             items[-1].weight_spectrum = torch.linalg.svdvals(
                 lin.weight.detach().to(torch.float64))
-    if getattr(allocator, "needs_probe", False):
-        _measure_sensitivities(modules, decomps, items)
-    allocation = allocator([*items, *extra_items], config.keep,
-                           constraints=config.constraints)
+    probe: Probe | None = None
+    if output is not None:
+        trials = dict(extra_trials or {})
+
+        def probe(item: BudgetItem, rank: int) -> float:
+            trial = trials[item.name](rank) if item.name in trials else \
+                _low_rank(modules[item.name], decomps[item.name], rank)
+            return output(item.name, trial)
+
+    allocation = allocator.allocate([*items, *extra_items], config.keep,
+                                    constraints=config.constraints, probe=probe)
     reports = []
     for item in items:
         name, lin = item.name, modules[item.name]
@@ -203,20 +198,14 @@ def factorize(config: FactorizationConfig, model: nn.Module, modules: dict[str, 
         if rank is None:
             approx, energy_kept = weight, 1.0
         else:
-            B, A = decomps[name].factors(rank)
-            bias = None if lin.bias is None else lin.bias.detach()
-            if hasattr(decomps[name], "bias"):
-                bias = decomps[name].bias(rank, bias)
-            new = LowRankLinear.from_factors(
-                B.to(lin.weight.dtype), A.to(lin.weight.dtype), bias,
-            ).to(lin.weight.device)
+            new = _low_rank(lin, decomps[name], rank)
             if hasattr(decomps[name], "bias"):
                 old = torch.zeros_like(weight[:, 0]) if lin.bias is None else lin.bias.detach()
                 bias_shift = old.to(torch.float64) - new.bias.detach().to(torch.float64)
             if not (torch.isfinite(new.A).all() and torch.isfinite(new.B).all()):
                 raise DataError(f"decomposition of '{name}' produced non-finite factors; "
                                 "the module was left unchanged")
-            approx = new.weight_product().detach().to(torch.float64)
+            approx = new.dense_weight().detach().to(torch.float64)
             energy_kept = 1.0 - decomps[name].tail_energy(rank) / energy_total
             replace_module(model, name, new)
         right = decomps[name].right
@@ -239,3 +228,38 @@ def factorize(config: FactorizationConfig, model: nn.Module, modules: dict[str, 
         ))
     return MethodOutcome(reports, allocation.to_dict(), config.keep,
                          allocation.params_before, allocation.params_after)
+
+
+def factorize_with_embedding(config: FactorizationConfig, model: nn.Module,
+                             modules: dict[str, nn.Module], stats: CalibrationStats | None,
+                             output: OutputProbe | None = None) -> MethodOutcome:
+    """:func:`factorize` with the input-embedding table in the budget (shared allocation, or
+    its own ``embedding_keep``; :mod:`lowrank.compress.embedding`)."""
+    name, embedding = input_embedding(model)
+    pca, counts = embedding_pca(embedding, stats, config.embedding_floor)
+    item = AffineBudgetItem(name, embedding.embedding_dim, embedding.num_embeddings, True,
+                            pca.spectrum, dense_bias=False)
+    if config.allocator.needs_weight_spectrum:
+        item.weight_spectrum = torch.linalg.svdvals(pca.table)
+    if config.embedding_keep is None:
+        trials = {} if output is None else {
+            name: held_out_trial(embedding, counts, config.embedding_floor, output.passages)}
+        outcome = factorize(config, model, modules, stats, output, extra_items=[item],
+                            extra_trials=trials)
+        rank = outcome.allocation["ranks"][name]
+    else:
+        outcome = factorize(config, model, modules, stats, output)
+        rank = rank_for_keep(item, config.embedding_keep, config.rank_align)
+        linears_before = outcome.params_before
+        outcome.params_before += item.dense_cost()
+        outcome.params_after += item.cost(rank)
+        outcome.keep_target = (config.keep * linears_before
+                               + config.embedding_keep * item.dense_cost()
+                               ) / outcome.params_before
+    report = replace_embedding(model, name, embedding, pca, counts, rank, item,
+                               config.embedding_floor)
+    outcome.reports.insert(0, report)
+    outcome.allocation["embedding"] = {
+        "name": name, "rank": rank, "keep_target": config.embedding_keep,
+        "params_before": report.params_before, "params_after": report.params_after}
+    return outcome

@@ -11,11 +11,11 @@ import torch
 from ..calib.stats import CalibrationStats
 from ..errors import ConfigError, DataError
 from ..linalg import DiagonalRoot, WhitenedSVD, whitened_svd
-from ..registry import register_method
+from .base import METHODS
 from .factorize import FactorizationConfig
 
 
-@register_method
+@METHODS.register
 @dataclass
 class FWSVD(FactorizationConfig):
     """Weight each row of ``W`` by the square root of its summed Fisher information.
@@ -28,7 +28,7 @@ class FWSVD(FactorizationConfig):
     """
 
     method: ClassVar[str] = "fwsvd"
-    needs: ClassVar[frozenset[str]] = frozenset({"fisher"})
+    statistics: ClassVar[frozenset[str]] = frozenset({"fisher"})
 
     axis: Literal["out", "in"] = field(default="out", metadata={
         "help": "which side shares one Fisher importance: 'out' (rows) or 'in' (columns)"})

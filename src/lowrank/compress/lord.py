@@ -22,7 +22,7 @@ import torch
 from ..calib.stats import CalibrationStats
 from ..errors import DataError
 from ..linalg.output_pca import PCA, output_pca
-from ..registry import register_method
+from .base import METHODS
 from .factorize import FactorizationConfig
 
 
@@ -69,7 +69,7 @@ def site_stats(stats: CalibrationStats | None, name: str, method: str):
     return site
 
 
-@register_method
+@METHODS.register
 @dataclass
 class LoRD(FactorizationConfig):
     """Project each weight onto the top-k principal directions of its output features.
@@ -81,7 +81,7 @@ class LoRD(FactorizationConfig):
     """
 
     method: ClassVar[str] = "lord"
-    needs: ClassVar[frozenset[str]] = frozenset({"gram"})
+    statistics: ClassVar[frozenset[str]] = frozenset({"gram"})
 
     def decompose(self, weight: torch.Tensor, name: str,
                   stats: CalibrationStats | None) -> OutputPCADecomposition:

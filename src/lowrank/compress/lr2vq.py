@@ -19,10 +19,12 @@ stored format does not change. (Full whitening would mix input channels and need
 spreads the values of the loud channels into heavy tails that a shared codebook serves badly:
 it measured worse on MiniLM.)
 
-**Rate.** With ``keep`` (or ``bits``) the rate is chosen per matrix: the byte budget is what a
-uniform SVD-LLM factorization at the same ``keep`` stores for that matrix, ``keep * (out * in
-+ bias) - bias`` values at the layer's dtype (the rule CoSpaDi uses; ``bits`` gives it in bits
-per weight instead). For every sub-vector size ``m`` (1, 2, 4, 8, ... up to ``max_subvector``,
+**Rate.** With a byte budget the rate is chosen per matrix: ``bytes_fraction`` of the layer's
+dense bytes (weight and bias; the bias stays as is), i.e. ``bytes_fraction * (out * in + bias)
+- bias`` values at the layer's dtype for the codes, codebook and map: exactly what a uniform
+SVD-LLM factorization at ``keep = bytes_fraction`` stores for that matrix (the rule CoSpaDi
+uses); ``bits`` gives the budget in bits per weight instead. Parameters are unchanged, so the
+method has no ``keep``. For every sub-vector size ``m`` (1, 2, 4, 8, ... up to ``max_subvector``,
 dividing ``in``) and clustering dimension ``d <= m``, the largest ``k`` whose storage fits is
 found, and the ``(m, d, k)`` of smallest predicted error is used: the discarded principal
 variance ``sum_{i>d} lambda_i`` plus the high-resolution (Zador) k-means distortion
@@ -35,8 +37,8 @@ byte (none above its dense size). The total never exceeds the summed budget and,
 dozen matrices, lands within 2% of it (the tests check this against SVD-LLM's bytes at keep
 0.8 / 0.6 / 0.4); it stays lower when the remaining slack buys no matrix a step, e.g. every
 codebook at its cap (``max_codebook`` for ``d >= 2``, the distinct values for ``d = 1``).
-Without ``keep``/``bits`` the rate is fixed by ``codebook``/``subvector`` (256 and 4: 2 bits
-per weight for the codes) and ``d`` is chosen by the same error model unless given.
+Without ``bytes_fraction``/``bits`` the rate is fixed by ``codebook``/``subvector`` (256 and 4:
+2 bits per weight for the codes) and ``d`` is chosen by the same error model unless given.
 """
 
 from __future__ import annotations
@@ -44,17 +46,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from ..calib.stats import CalibrationStats
 from ..errors import ConfigError
 from ..nn.vq_linear import VQLinear, code_bits, packed_bytes
-from ..registry import register_method
 from ..utils.progress import progress
-from .base import CompressionConfig, MethodOutcome, output_error, replace_module
+from .base import (
+    METHODS,
+    Calibration,
+    CompressionConfig,
+    MethodOutcome,
+    output_error,
+    replace_module,
+)
 from .result import ModuleReport
 
 #: Normalised second moments of the best known lattice quantizers in dimensions 1..16
@@ -430,31 +437,34 @@ def _check_int(name: str, value: object, low: int, allow_none: bool = False) -> 
                           f"got {value!r}")
 
 
-@register_method
+@METHODS.register
 @dataclass
 class LR2VQ(CompressionConfig):
     """Low-rank sub-vector projection + k-means vector quantization (see module docstring)."""
 
     method: ClassVar[str] = "lr2vq"
+    version: ClassVar[int] = 2  # 2: the byte budget is 'bytes_fraction' (was 'keep')
 
-    keep: float | None = field(default=None, metadata={
-        "help": "byte budget: each matrix stores what uniform SVD-LLM at this keep stores "
-                "(keep * (out*in + bias) - bias values); m, d, k are chosen per matrix"})
+    bytes_fraction: float | None = field(default=None, metadata={
+        "help": "byte budget: fraction of each layer's dense bytes (weight and bias) that "
+                "remain, the bytes uniform SVD-LLM stores at keep=bytes_fraction; m, d, k are "
+                "chosen per matrix"})
     bits: float | None = field(default=None, metadata={
-        "help": "byte budget in bits per weight (codes + codebook + map), instead of keep"})
+        "help": "byte budget in bits per weight (codes + codebook + map), instead of "
+                "bytes_fraction"})
     codebook: int | None = field(default=None, metadata={
         "help": "centroids k per matrix (codes of ceil(log2 k) bits); default 256 at a fixed "
-                "rate; with keep/bits an upper bound"})
+                "rate; with a byte budget an upper bound"})
     subvector: int | None = field(default=None, metadata={
         "help": "sub-vector length m (consecutive input weights, must divide in_features); "
-                "default 4 at a fixed rate, chosen per matrix with keep/bits"})
+                "default 4 at a fixed rate, chosen per matrix with a byte budget"})
     dim: int | None = field(default=None, metadata={
         "help": "clustering dimension d (1 <= d <= m); default: the d of smallest predicted "
                 "error"})
     max_subvector: int = field(default=8, metadata={
-        "help": "largest m tried with keep/bits (powers of two up to it)"})
+        "help": "largest m tried with a byte budget (powers of two up to it)"})
     max_codebook: int = field(default=65536, metadata={
-        "help": "largest k of vector (d >= 2) codebooks tried with keep/bits; scalar (d = 1) "
+        "help": "largest k of vector (d >= 2) codebooks tried with a byte budget; scalar (d = 1) "
                 "codebooks use exact 1-D k-means and may grow to the number of sub-vectors"})
     iters: int = field(default=20, metadata={"help": "Lloyd iterations of k-means"})
     activation_aware: bool = field(default=True, metadata={
@@ -473,14 +483,15 @@ class LR2VQ(CompressionConfig):
         if self.dim is not None and self.dim > largest:
             raise ConfigError(f"dim must be an int in [1, subvector={largest}], got "
                               f"{self.dim}")
-        if self.keep is not None and self.bits is not None:
-            raise ConfigError(f"give keep or bits, not both (got keep={self.keep}, "
-                              f"bits={self.bits})")
-        if self.keep is not None:
-            if isinstance(self.keep, bool) or not isinstance(self.keep, (int, float)) \
-                    or not 0 < float(self.keep) <= 1:
-                raise ConfigError(f"keep must be a number in (0, 1] or None, got {self.keep!r}")
-            self.keep = float(self.keep)
+        if self.bytes_fraction is not None and self.bits is not None:
+            raise ConfigError(f"give bytes_fraction or bits, not both (got bytes_fraction="
+                              f"{self.bytes_fraction}, bits={self.bits})")
+        if self.bytes_fraction is not None:
+            if isinstance(self.bytes_fraction, bool) or not isinstance(
+                    self.bytes_fraction, (int, float)) or not 0 < float(self.bytes_fraction) <= 1:
+                raise ConfigError(f"bytes_fraction must be a number in (0, 1] or None, got "
+                                  f"{self.bytes_fraction!r}")
+            self.bytes_fraction = float(self.bytes_fraction)
         if self.bits is not None:
             if isinstance(self.bits, bool) or not isinstance(self.bits, (int, float)) \
                     or not self.bits > 0:
@@ -490,16 +501,23 @@ class LR2VQ(CompressionConfig):
         if not isinstance(self.activation_aware, bool):
             raise ConfigError(f"activation_aware must be a bool, got {self.activation_aware!r}")
 
+    @classmethod
+    def upgrade(cls, fields: dict[str, Any], version: int) -> dict[str, Any]:
+        fields = dict(fields)
+        if "keep" in fields:  # version 1: keep meant this byte budget
+            fields["bytes_fraction"] = fields.pop("keep")
+        return fields
+
     @property
     def budgeted(self) -> bool:
-        return self.keep is not None or self.bits is not None
+        return self.bytes_fraction is not None or self.bits is not None
 
     def budget_bytes(self, out_f: int, in_f: int, bias: bool, value_bytes: int) -> float:
         """The byte budget of one matrix's weight (bias excluded, it stays as is)."""
         if self.bits is not None:
             return self.bits * out_f * in_f / 8
         extra = out_f if bias else 0
-        return (self.keep * (out_f * in_f + extra) - extra) * value_bytes
+        return (self.bytes_fraction * (out_f * in_f + extra) - extra) * value_bytes
 
     def rate_for(self, weight: torch.Tensor, bias: bool, value_bytes: int,
                  budget: float | None = None, spectra: dict[int, torch.Tensor] | None = None
@@ -560,7 +578,8 @@ class LR2VQ(CompressionConfig):
         return slack
 
     def apply(self, model: nn.Module, modules: dict[str, nn.Module],
-              stats: CalibrationStats | None) -> MethodOutcome:
+              calib: Calibration) -> MethodOutcome:
+        stats = calib.stats
         items = []
         for name, lin in modules.items():  # pass 1: the rate of every matrix
             weight = lin.weight.detach().to(torch.float64)
@@ -625,10 +644,11 @@ class LR2VQ(CompressionConfig):
                 params_before=params, params_after=params, rel_output_error=out_err,
                 rel_weight_error=w_err, energy_kept=max(0.0, 1.0 - w_err ** 2), notes=notes))
         total = sum(r.params_before for r in reports)
-        allocation = {"keep": self.keep, "bits": self.bits, "bytes_before": bytes_before,
+        allocation = {"bytes_fraction": self.bytes_fraction, "bits": self.bits,
+                      "bytes_before": bytes_before,
                       "bytes_after": bytes_after,
                       "rates": {r.name: [r.notes.get("subvector"), r.notes.get("dim"),
                                          r.notes.get("codebook")] for r in reports}}
         if self.budgeted:
             allocation.update(target_bytes=target_total, unused_bytes=slack)
-        return MethodOutcome(reports, allocation, self.keep, total, total)
+        return MethodOutcome(reports, allocation, None, total, total)

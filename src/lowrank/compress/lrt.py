@@ -51,6 +51,3 @@ def low_rank_transformer(model: nn.Module, rank: int | float, *, init: str = "sv
         replace_module(model, name, new)
         ranks[name] = r
     return ranks
-
-
-LowRankTransformer = low_rank_transformer  # the thesis' name for the conversion

@@ -22,10 +22,11 @@ Hidden dimensions shared by two matrices shrink, so no extra factors appear:
   whitened space of the value input, ``SVD_r([W_O,h W_V,g]_h S)``: the exact optimum of the
   product's output error at rank ``r`` (the paper's step, extended to shared value heads). The
   value bias is folded into the output bias (attention rows sum to one).
-* **Allocation.** ``alloc="block-influence"`` spreads the removed fraction over blocks by
+* **Block budget.** ``block_budget="influence"`` spreads the removed fraction over blocks by
   ``phi_l = L * phi * softmax(-s_l / temperature)`` with block importance
   ``s_l = 1 - E[cos(h_in, h_out)]`` measured on calibration passages; ``"uniform"`` removes
   the same fraction everywhere. Inside a block the three pair types lose the same fraction.
+  (This is the method's own split of ``keep`` over blocks, not a registered allocator.)
 
 Attention layers keep their head size: the reduced query/key/value layers write zeros at the
 removed dimensions and the output layer reads only the kept ones (:class:`IndexedLinear`), so
@@ -42,12 +43,19 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..calib.stats import CalibrationStats
+from ..calib.data import TokenizedText
 from ..errors import ConfigError, DataError
 from ..linalg.nystrom import nystrom_correct, ridge_leverage_scores, select_columns
 from ..nn.indexed_linear import IndexedLinear
-from ..registry import register_allocator, register_method
-from .base import CompressionConfig, MethodOutcome, output_error, replace_module
+from .base import (
+    METHODS,
+    Calibration,
+    CompressionConfig,
+    MethodOutcome,
+    output_error,
+    replace_module,
+)
+from .probe import forward_passes
 from .result import ModuleReport
 
 # suffixes of module names per role, checked in this order ('o' before 'down')
@@ -63,15 +71,7 @@ ROLES: tuple[tuple[str, tuple[str, ...]], ...] = (
 ROPE_MODEL_TYPES = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2",
                     "phi3", "olmo", "olmo2", "granite", "cohere", "stablelm"}
 
-
-@register_allocator("block-influence")
-def block_influence(*_args: Any, **_kwargs: Any) -> Any:
-    """MoDeGPT's block allocation; only :class:`MoDeGPT` uses it (it measures blocks)."""
-    raise ConfigError("the 'block-influence' allocation belongs to method 'modegpt'; "
-                      "factorization methods take 'uniform', 'energy', 'sensitivity', ...")
-
-
-block_influence.needs_probe = True  # type: ignore[attr-defined]  # lowrank.compress passes data
+BLOCK_BUDGETS = ("influence", "uniform")
 
 
 def find_blocks(names: list[str]) -> dict[str, dict[str, str]]:
@@ -163,23 +163,25 @@ def _query_diag(weight: torch.Tensor, bias: torch.Tensor | None, site) -> torch.
     return d.clamp_min(0)
 
 
-@register_method
+@METHODS.register
 @dataclass
 class MoDeGPT(CompressionConfig):
     """Structured compression of matrix pairs (see module docstring)."""
 
     method: ClassVar[str] = "modegpt"
-    needs: ClassVar[frozenset[str]] = frozenset({"gram"})
+    statistics: ClassVar[frozenset[str]] = frozenset({"gram"})
+    version: ClassVar[int] = 2  # 2: the block split is 'block_budget' (was 'alloc')
 
     keep: float = field(default=0.8, metadata={
         "help": "fraction of the targeted parameters that remain (0 < keep <= 1)"})
-    alloc: str = field(default="block-influence", metadata={
-        "help": "'block-influence' (softmax of -block importance, measured on calibration "
-                "text) or 'uniform' (same kept fraction in every block)"})
+    block_budget: str = field(default="influence", metadata={
+        "help": "how keep is split over blocks: 'influence' (softmax of -block importance, "
+                "measured on calibration text) or 'uniform' (same kept fraction in every "
+                "block)"})
     temperature: float = field(default=0.1, metadata={
         "help": "temperature of the block-influence softmax (> 0); large = uniform"})
     min_keep: float = field(default=0.1, metadata={
-        "help": "smallest kept fraction of any block under block-influence (0 <= x < keep)"})
+        "help": "smallest kept fraction of any block under influence (0 <= x < keep)"})
     ridge: float = field(default=1.0, metadata={
         "help": "ridge lambda of the leverage scores, relative to the mean eigenvalue of H^T H "
                 "(trace / d_int); small ridges (<= 0.03) drop redundant pairs of loud neurons "
@@ -197,9 +199,9 @@ class MoDeGPT(CompressionConfig):
                 or not 0 < float(self.keep) <= 1:
             raise ConfigError(f"keep must be a number in (0, 1], got {self.keep!r}")
         self.keep = float(self.keep)
-        if self.alloc not in ("block-influence", "uniform"):
-            raise ConfigError(f"alloc for modegpt must be 'block-influence' or 'uniform', "
-                              f"got {self.alloc!r}")
+        if self.block_budget not in BLOCK_BUDGETS:
+            raise ConfigError(f"block_budget must be one of {', '.join(BLOCK_BUDGETS)}, got "
+                              f"{self.block_budget!r}")
         if not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if not 0 <= self.min_keep <= 1:
@@ -209,22 +211,36 @@ class MoDeGPT(CompressionConfig):
         if not 0 < self.floor < 1:
             raise ConfigError(f"floor must be in (0, 1), got {self.floor}")
 
+    @classmethod
+    def upgrade(cls, fields: dict[str, Any], version: int) -> dict[str, Any]:
+        fields = dict(fields)
+        if "alloc" in fields:  # version 1
+            alloc = fields.pop("alloc")
+            fields["block_budget"] = "influence" if alloc == "block-influence" else alloc
+        return fields
+
+    @property
+    def measures_blocks(self) -> bool:
+        """Whether the block importances are measured (on calibration text)."""
+        return self.block_budget == "influence" and self.keep < 1 and self.importance is None
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return super().needs | ({"text"} if self.measures_blocks else set())
+
     # ----------------------------------------------------------------- allocation
-    def block_keeps(self, model: nn.Module, blocks: list[str]) -> tuple[list[float], Any]:
-        if self.alloc == "uniform" or self.keep >= 1:
+    def block_keeps(self, model: nn.Module, blocks: list[str],
+                    tokens: TokenizedText | None) -> tuple[list[float], Any]:
+        if self.block_budget == "uniform" or self.keep >= 1:
             return [self.keep] * len(blocks), None
         importance = self.importance
         if importance is None:
-            from .factorize import _PROBE
-
-            probe = _PROBE.get()
-            if probe is None:
-                raise DataError("modegpt's block-influence allocation measures the blocks on "
+            if tokens is None:
+                raise DataError("modegpt's block_budget='influence' measures the blocks on "
                                 "calibration text: call lowrank.compress with data=..., pass "
-                                "importance=[...], or use alloc='uniform'")
-            any_name = blocks[0]
-            importance = measure_block_importance(
-                model, blocks, lambda: probe(any_name, model.get_submodule(any_name)))
+                                "importance=[...], or use block_budget='uniform'")
+            importance = measure_block_importance(model, blocks,
+                                                  lambda: forward_passes(model, tokens))
         if len(importance) != len(blocks):
             raise ConfigError(f"importance has {len(importance)} entries for {len(blocks)} "
                               "blocks")
@@ -233,12 +249,13 @@ class MoDeGPT(CompressionConfig):
 
     # ----------------------------------------------------------------- transform
     def apply(self, model: nn.Module, modules: dict[str, nn.Module],
-              stats: CalibrationStats | None) -> MethodOutcome:
+              calib: Calibration) -> MethodOutcome:
+        stats = calib.stats
         if stats is None:
             raise DataError("MoDeGPT needs calibration statistics (data=...)")
         blocks = find_blocks(list(modules))
         names = sorted(blocks, key=lambda b: list(modules).index(next(iter(blocks[b].values()))))
-        keeps, importance = self.block_keeps(model, names)
+        keeps, importance = self.block_keeps(model, names, calib.tokens)
         reports: dict[str, ModuleReport] = {}
         config = getattr(model, "config", None)
         for block, kappa in zip(names, keeps, strict=True):
@@ -259,7 +276,8 @@ class MoDeGPT(CompressionConfig):
             out.append(reports[name])
         before = sum(r.params_before for r in out)
         after = sum(r.params_after for r in out)
-        allocation = {"alloc": self.alloc, "block_keep": dict(zip(names, keeps, strict=True)),
+        allocation = {"block_budget": self.block_budget,
+                      "block_keep": dict(zip(names, keeps, strict=True)),
                       "block_importance": None if importance is None
                       else dict(zip(names, importance, strict=True))}
         return MethodOutcome(out, allocation, self.keep, before, after)

@@ -23,10 +23,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..calib.stats import CalibrationStats
 from ..errors import ConfigError
-from ..registry import register_method
-from .base import CompressionConfig, MethodOutcome, output_error
+from .base import METHODS, Calibration, CompressionConfig, MethodOutcome, output_error
 from .result import ModuleReport
 
 PATTERNS = ("unstructured", "2:4")
@@ -89,7 +87,7 @@ def check_prune_fields(pattern: object, sparsity: object) -> float:
     return float(sparsity)
 
 
-@register_method
+@METHODS.register
 @dataclass
 class MagnitudePrune(CompressionConfig):
     """Zero the smallest-magnitude weights of each targeted linear layer (see module doc).
@@ -113,7 +111,8 @@ class MagnitudePrune(CompressionConfig):
         self.sparsity = check_prune_fields(self.pattern, self.sparsity)
 
     def apply(self, model: nn.Module, modules: dict[str, nn.Module],
-              stats: CalibrationStats | None) -> MethodOutcome:
+              calib: Calibration) -> MethodOutcome:
+        stats = calib.stats
         masks = {}
         for name, lin in modules.items():  # validate every module before changing any
             try:

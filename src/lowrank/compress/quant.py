@@ -22,11 +22,16 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..calib.stats import CalibrationStats
 from ..errors import ConfigError
 from ..nn.quantized import SUPPORTED_BITS, QuantizedLinear, dequantize, pack_int4, unpack_int4
-from ..registry import register_method
-from .base import CompressionConfig, MethodOutcome, output_error, replace_module
+from .base import (
+    METHODS,
+    Calibration,
+    CompressionConfig,
+    MethodOutcome,
+    output_error,
+    replace_module,
+)
 from .result import ModuleReport
 
 __all__ = ["RTN", "dequantize", "pack_int4", "quantize", "quantize_linear", "unpack_int4"]
@@ -82,7 +87,7 @@ def _check_bits_group(bits: Any, group_size: Any) -> None:
                           f"got {group_size!r}")
 
 
-@register_method
+@METHODS.register
 @dataclass
 class RTN(CompressionConfig):
     """Round-to-nearest symmetric weight quantization with per-group scales (see module doc).
@@ -105,7 +110,8 @@ class RTN(CompressionConfig):
         _check_bits_group(self.bits, self.group_size)
 
     def apply(self, model: nn.Module, modules: dict[str, nn.Module],
-              stats: CalibrationStats | None) -> MethodOutcome:
+              calib: Calibration) -> MethodOutcome:
+        stats = calib.stats
         reports = []
         for name, lin in modules.items():
             new = quantize_linear(lin, self.bits, self.group_size).to(lin.weight.device)

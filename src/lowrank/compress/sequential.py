@@ -204,10 +204,10 @@ def _refit_group(original: nn.Module, compressed: nn.Module, orig_block: nn.Modu
             continue
         # W' = SVD_k(W C S^-T) S^-1: truncate W* = W C (G~ + lam I)^-1 in the whitened space
         B, A = whitened_svd(_ridge_target(weight, cross, root), root).factors(layer.rank)
-        old = layer.weight_product().detach().to(torch.float64)
+        old = layer.dense_weight().detach().to(torch.float64)
         layer.A.copy_(A.to(layer.A.dtype))
         layer.B.copy_(B.to(layer.B.dtype))
-        new = layer.weight_product().detach().to(torch.float64)
+        new = layer.dense_weight().detach().to(torch.float64)
         change[name] = float((new - old).norm() / old.norm().clamp_min(1e-300))
     return change
 

@@ -9,11 +9,11 @@ import torch
 
 from ..calib.stats import CalibrationStats
 from ..linalg import WhitenedSVD, whitened_svd
-from ..registry import register_method
+from .base import METHODS
 from .factorize import FactorizationConfig
 
 
-@register_method
+@METHODS.register
 @dataclass
 class SVD(FactorizationConfig):
     """Truncated SVD ``W ~= U_k S_k V_k^T``, singular values split evenly between the factors.
@@ -23,7 +23,7 @@ class SVD(FactorizationConfig):
     """
 
     method: ClassVar[str] = "svd"
-    needs: ClassVar[frozenset[str]] = frozenset()
+    statistics: ClassVar[frozenset[str]] = frozenset()
 
     def decompose(self, weight: torch.Tensor, name: str,
                   stats: CalibrationStats | None) -> WhitenedSVD:

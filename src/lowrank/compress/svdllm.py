@@ -13,13 +13,13 @@ from ..calib.data import TokenizedText
 from ..calib.stats import CalibrationStats
 from ..errors import ConfigError
 from ..linalg import WhitenedSVD, whitened_svd
-from ..registry import register_method
+from .base import METHODS
 from .factorize import FactorizationConfig
 from .refit import refit_left_factors
 from .sequential import sequential_refit
 
 
-@register_method
+@METHODS.register
 @dataclass
 class SVDLLM(FactorizationConfig):
     """Truncate in the whitened space of the inputs: ``W' = SVD_k(W S) S^-1`` with ``S S^T = G``.
@@ -41,7 +41,7 @@ class SVDLLM(FactorizationConfig):
     """
 
     method: ClassVar[str] = "svdllm"
-    needs: ClassVar[frozenset[str]] = frozenset({"gram"})
+    statistics: ClassVar[frozenset[str]] = frozenset({"gram"})
 
     floor: float = field(default=1e-6, metadata={
         "help": "eigenvalue floor of the Gram, relative to its largest eigenvalue"})

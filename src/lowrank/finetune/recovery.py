@@ -49,7 +49,7 @@ import inspect
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -60,6 +60,7 @@ from ..errors import ConfigError, DataError
 from ..models.forward import causal_lm_loss, contrastive_loss, sentence_embeddings
 from ..models.loading import is_causal_lm
 from ..nn import LowRankLinear
+from ..utils.checks import check_finite, check_int
 from ..utils.progress import progress
 
 Objective = Literal["distill", "task"]
@@ -68,6 +69,80 @@ SCHEDULES = ("cosine", "linear")
 #: PELA regulariser weight used by ``"distill"`` when ``inf_norm_weight`` is not given.
 DEFAULT_INF_NORM_WEIGHT = 1.0
 TAG = "fine_tuned"
+
+
+@dataclass(frozen=True)
+class RecoveryConfig:
+    """Hyper-parameters of :func:`recover`, checked on construction.
+
+    ``objective``: ``"distill"`` (PELA feature distillation) or ``"task"`` (WeLore's own
+    objective). ``layers``: the hidden states ``"distill"`` matches: ``"all"`` (every block's
+    output; the embedding output is left out, factorization does not change it), ``"last"``, or
+    indices into the model's ``hidden_states`` tuple (0 = embedding output).
+    ``inf_norm_weight``: PELA's regulariser weight; None is :data:`DEFAULT_INF_NORM_WEIGHT` for
+    ``"distill"`` and 0 for ``"task"`` (:attr:`regulariser_weight`). ``train_bias`` trains the
+    factorized layers' biases too. ``warmup``: the fraction of ``steps`` with a linear
+    learning-rate ramp before the ``schedule`` (``"cosine"`` or ``"linear"``) decays it to zero.
+    ``max_grad_norm``: gradient-norm clipping (0: off). ``eval_every``: steps between held-out
+    evaluations (None: a tenth of ``steps``); ``patience``: evaluations without improvement
+    before stopping early (None: never); both need ``eval_fn``. ``seed`` orders the batches.
+    """
+
+    objective: Objective = "distill"
+    steps: int = 200
+    lr: float = 1e-4
+    batch_size: int = 16
+    layers: str | Sequence[int] = "all"
+    inf_norm_weight: float | None = None
+    epsilon: float = 1e-3
+    embedding_weight: float = 0.0
+    train_bias: bool = False
+    schedule: str = "cosine"
+    warmup: float = 0.2
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+    eval_every: int | None = None
+    patience: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"unknown recovery objective {self.objective!r}: expected one of "
+                              f"{', '.join(OBJECTIVES)}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.schedule!r}: expected one of "
+                              f"{', '.join(SCHEDULES)}")
+        if isinstance(self.layers, str) and self.layers not in ("all", "last") or \
+                not isinstance(self.layers, (str, Sequence)):
+            raise ConfigError(f"layers must be 'all', 'last' or a list of hidden-state indices, "
+                              f"got {self.layers!r}")
+        check_int("steps", self.steps)
+        check_int("batch_size", self.batch_size)
+        check_int("seed", self.seed, 0)
+        check_finite("lr", self.lr, 0, low_open=True)
+        check_finite("warmup", self.warmup, 0, 1, high_open=True)
+        check_finite("epsilon", self.epsilon, 0)
+        check_finite("embedding_weight", self.embedding_weight, 0)
+        check_finite("max_grad_norm", self.max_grad_norm, 0)
+        check_finite("weight_decay", self.weight_decay, 0)
+        if self.inf_norm_weight is not None:
+            check_finite("inf_norm_weight", self.inf_norm_weight, 0)
+        if self.eval_every is not None:
+            check_int("eval_every", self.eval_every)
+        if self.patience is not None:
+            check_int("patience", self.patience)
+
+    @property
+    def regulariser_weight(self) -> float:
+        """``inf_norm_weight``, or the objective's default when it is None."""
+        if self.inf_norm_weight is not None:
+            return float(self.inf_norm_weight)
+        return DEFAULT_INF_NORM_WEIGHT if self.objective == "distill" else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["layers"] = self.layers if isinstance(self.layers, str) else list(self.layers)
+        return data
 
 
 @dataclass
@@ -150,76 +225,51 @@ def causal_lm_nll(tokens: TokenizedText, batch_size: int = 8) -> Callable[[nn.Mo
     return nll
 
 
-def recover(
-    model: nn.Module,
-    original: nn.Module | None,
-    tokens: TokenizedText,
-    *,
-    objective: Objective = "distill",
-    steps: int = 200,
-    lr: float = 1e-4,
-    batch_size: int = 16,
-    layers: str | Sequence[int] = "all",
-    inf_norm_weight: float | None = None,
-    epsilon: float = 1e-3,
-    embedding_weight: float = 0.0,
-    train_bias: bool = False,
-    schedule: str = "cosine",
-    warmup: float = 0.2,
-    max_grad_norm: float = 1.0,
-    weight_decay: float = 0.0,
-    eval_fn: Callable[[nn.Module], float] | None = None,
-    eval_every: int | None = None,
-    patience: int | None = None,
-    tokenizer: Any = None,
-    seed: int = 0,
-    quiet: bool = True,
-) -> RecoveryReport:
+def recover(model: nn.Module, original: nn.Module | None, tokens: TokenizedText,
+            config: RecoveryConfig | None = None, *,
+            eval_fn: Callable[[nn.Module], float] | None = None, tokenizer: Any = None,
+            quiet: bool = True) -> RecoveryReport:
     """Fine-tune the low-rank factors of compressed ``model`` in place; return a report.
 
     ``original`` is the uncompressed model (same architecture, dense ``nn.Linear`` where
     ``model`` has :class:`LowRankLinear`): the teacher for ``objective="distill"`` and the
     reference weights ``W`` of the regulariser. It is never modified. ``tokens`` is the
-    training text (:func:`lowrank.calib.tokenize`).
+    training text (:func:`lowrank.calib.tokenize`); ``config`` the hyper-parameters
+    (:class:`RecoveryConfig`; its defaults when None).
 
-    ``layers`` picks the hidden states that ``"distill"`` matches: ``"all"`` (every block's
-    output; the embedding output is left out, factorization does not change it), ``"last"``,
-    or indices into the model's ``hidden_states`` tuple (0 = embedding output).
-    ``inf_norm_weight`` defaults to :data:`DEFAULT_INF_NORM_WEIGHT` for ``"distill"`` and to 0
-    for ``"task"``. Only the ``A`` / ``B`` factors train unless ``train_bias`` (then the
-    factorized layers' biases too); every other parameter is frozen, and all ``requires_grad``
-    flags and the train/eval mode are restored on return. ``warmup`` is the fraction of
-    ``steps`` with a linear learning-rate ramp. ``"task"`` on an encoder needs ``tokenizer``
-    (to tokenise the two halves of each passage) and ``batch_size >= 2`` (in-batch negatives).
+    Only the ``A`` / ``B`` factors train unless ``config.train_bias`` (then the factorized
+    layers' biases too); every other parameter is frozen, and all ``requires_grad`` flags and
+    the train/eval mode are restored on return. ``"task"`` on an encoder needs ``tokenizer`` (to
+    tokenise the two halves of each passage) and ``batch_size >= 2`` (in-batch negatives).
 
     With ``eval_fn`` (``model -> float``, lower is better, on held-out text), the factors
-    with the best value — the starting point included — are kept; ``eval_every`` defaults to
-    a tenth of ``steps``, and ``patience`` (evaluations without improvement) enables early
-    stopping. The report is tagged ``"fine_tuned"``.
+    with the best value — the starting point included — are kept, evaluated every
+    ``config.eval_every`` steps, stopping early after ``config.patience`` evaluations without
+    improvement. ``quiet=False`` shows a progress bar. The report is tagged ``"fine_tuned"``.
     """
-    _validate(objective, steps, lr, batch_size, epsilon, embedding_weight, schedule, warmup,
-              max_grad_norm, weight_decay, eval_every, patience, inf_norm_weight)
-    if isinstance(layers, str) and layers not in ("all", "last") or \
-            not isinstance(layers, (str, Sequence)):
-        raise ConfigError(f"layers must be 'all', 'last' or a list of hidden-state indices, "
-                          f"got {layers!r}")
-    if (patience is not None or eval_every is not None) and eval_fn is None:
+    config = RecoveryConfig() if config is None else config
+    if not isinstance(config, RecoveryConfig):
+        raise ConfigError(f"config must be a RecoveryConfig, got {type(config).__name__}")
+    if (config.patience is not None or config.eval_every is not None) and eval_fn is None:
         raise ConfigError("patience and eval_every need eval_fn (a held-out criterion, lower "
                           "is better), e.g. lowrank.finetune.embedding_gap(original, tokens)")
-    if inf_norm_weight is None:
-        inf_norm_weight = DEFAULT_INF_NORM_WEIGHT if objective == "distill" else 0.0
     if not isinstance(tokens, TokenizedText) or len(tokens) == 0:
         raise DataError("recover needs non-empty tokenised training text: pass "
                         "lowrank.calib.tokenize(texts, tokenizer, seq_len)")
+    # this run's settings: the batch no larger than the data, the regulariser's weight and
+    # the evaluation period resolved
+    every = (config.eval_every or max(1, config.steps // 10)) if eval_fn is not None else None
+    run = replace(config, batch_size=min(config.batch_size, len(tokens)),
+                  inf_norm_weight=config.regulariser_weight, eval_every=every)
     factored = [(n, m) for n, m in model.named_modules() if isinstance(m, LowRankLinear)]
     if not factored:
         raise ConfigError(f"{type(model).__name__} has no LowRankLinear modules to fine-tune: "
                           "expected a model compressed with lowrank.compress")
-    if objective == "distill" and original is None:
+    if run.objective == "distill" and original is None:
         raise ConfigError("objective 'distill' needs the original (uncompressed) model as the "
                           "teacher: recover(model, original, tokens)")
-    if inf_norm_weight > 0 and original is None:
-        raise ConfigError(f"inf_norm_weight={inf_norm_weight} needs the original model's "
+    if run.inf_norm_weight > 0 and original is None:
+        raise ConfigError(f"inf_norm_weight={run.inf_norm_weight} needs the original model's "
                           "weights: pass original, or inf_norm_weight=0")
     if original is model:
         raise ConfigError("original must be a separate copy of the uncompressed model "
@@ -227,24 +277,21 @@ def recover(
     if any(p.dtype != torch.float32 for _, m in factored for p in m.parameters()):
         raise ConfigError("recovery fine-tuning runs in float32: convert the model with "
                           "model.float() first")
-    causal = is_causal_lm(model)
-    batch_size = min(batch_size, len(tokens))
     halves = None
-    if objective == "task" and not causal:
-        if batch_size < 2:
+    if run.objective == "task" and not is_causal_lm(model):
+        if run.batch_size < 2:
             raise ConfigError(f"the contrastive task loss needs batch_size >= 2 and at least 2 "
-                              f"passages (in-batch negatives), got batch_size {batch_size}")
+                              f"passages (in-batch negatives), got batch_size {run.batch_size}")
         if tokenizer is None:
             raise ConfigError("objective 'task' on an encoder tokenises the two halves of each "
                               "passage: pass tokenizer=...")
         halves = _halves(tokens, tokenizer)
 
-    device = _device(model)
     reference: dict[str, torch.Tensor] = {}
-    if inf_norm_weight > 0:
-        reference = _reference_weights(original, factored, device)
+    if run.inf_norm_weight > 0:
+        reference = _reference_weights(original, factored, _device(model))
     trainable = [m.A for _, m in factored] + [m.B for _, m in factored]
-    if train_bias:
+    if run.train_bias:
         trainable += [m.bias for _, m in factored if m.bias is not None]
 
     flags = {id(p): (p, p.requires_grad) for net in (model, original) if net is not None
@@ -259,14 +306,8 @@ def recover(
         for net, _ in modes:
             net.eval()
         with torch.enable_grad():
-            report = _train(model, original, tokens, halves, factored, reference, trainable,
-                            objective=objective, causal=causal, steps=steps, lr=lr,
-                            batch_size=batch_size, layers=layers,
-                            inf_norm_weight=inf_norm_weight, epsilon=epsilon,
-                            embedding_weight=embedding_weight, schedule=schedule,
-                            warmup=warmup, max_grad_norm=max_grad_norm,
-                            weight_decay=weight_decay, eval_fn=eval_fn, eval_every=eval_every,
-                            patience=patience, seed=seed, quiet=quiet, device=device)
+            report = _train(model, original, tokens, halves, factored, reference, trainable, run,
+                            eval_fn, quiet)
     finally:
         for p in trainable:
             p.grad = None
@@ -275,31 +316,24 @@ def recover(
         for net, mode in modes:
             net.train(mode)
     report.seconds = time.perf_counter() - t0
-    report.settings = {
-        "lr": lr, "batch_size": batch_size, "layers": layers if isinstance(layers, str)
-        else list(layers), "inf_norm_weight": inf_norm_weight, "epsilon": epsilon,
-        "embedding_weight": embedding_weight, "train_bias": train_bias, "schedule": schedule,
-        "warmup": warmup, "max_grad_norm": max_grad_norm, "weight_decay": weight_decay,
-        "eval_every": report.settings.get("eval_every"), "patience": patience, "seed": seed,
-        "training_passages": len(tokens),
-    }
+    report.settings = {**run.to_dict(), "training_passages": len(tokens)}
     return report
 
 
 # --------------------------------------------------------------------------- training loop
 
 
-def _train(model, original, tokens, halves, factored, reference, trainable, *, objective,
-           causal, steps, lr, batch_size, layers, inf_norm_weight, epsilon, embedding_weight,
-           schedule, warmup, max_grad_norm, weight_decay, eval_fn, eval_every, patience, seed,
-           quiet, device) -> RecoveryReport:
-    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
-    warm = int(round(warmup * steps))
+def _train(model, original, tokens, halves, factored, reference, trainable,
+           run: RecoveryConfig, eval_fn, quiet: bool) -> RecoveryReport:
+    """The optimisation loop of :func:`recover` with this run's resolved settings ``run``."""
+    steps, objective = run.steps, run.objective
+    device, causal = _device(model), is_causal_lm(model)
+    optimizer = torch.optim.AdamW(trainable, lr=run.lr, weight_decay=run.weight_decay)
+    warm = int(round(run.warmup * steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda i: _lr_factor(i, steps, warm, schedule))
-    batches = _index_stream(len(tokens), batch_size, seed)
+        optimizer, lambda i: _lr_factor(i, steps, warm, run.schedule))
+    batches = _index_stream(len(tokens), run.batch_size, run.seed)
     extra_kw = _cheap_forward_kwargs(model) if objective == "distill" and causal else {}
-    every = eval_every or max(1, steps // 10)
     log_every = max(1, steps // 10)
 
     best_state: dict[int, torch.Tensor] | None = None
@@ -319,23 +353,23 @@ def _train(model, original, tokens, halves, factored, reference, trainable, *, o
     for step in progress(range(1, steps + 1), f"recovery ({objective})", quiet=quiet):
         idx = next(batches)
         if objective == "distill":
-            loss = _distill_loss(model, original, _gather(tokens, idx).to(device), layers,
-                                 causal, embedding_weight, extra_kw)
+            loss = _distill_loss(model, original, _gather(tokens, idx).to(device), run, causal,
+                                 extra_kw)
         elif causal:
             total, count = causal_lm_loss(model, _gather(tokens, idx).to(device))
             loss = total / max(count, 1)
         else:
             loss = contrastive_loss(model, _gather(halves[0], idx).to(device),
                                     _gather(halves[1], idx).to(device))
-        if inf_norm_weight > 0:
-            loss = loss + inf_norm_weight * _regulariser(factored, reference, epsilon)
+        if run.inf_norm_weight > 0:
+            loss = loss + run.inf_norm_weight * _regulariser(factored, reference, run.epsilon)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"recovery loss became {float(loss)} at step {step}: "
-                                     f"lower lr (now {lr})")
+                                     f"lower lr (now {run.lr})")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if max_grad_norm > 0:
-            nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+        if run.max_grad_norm > 0:
+            nn.utils.clip_grad_norm_(trainable, run.max_grad_norm)
         optimizer.step()
         scheduler.step()
         done = step
@@ -343,14 +377,14 @@ def _train(model, original, tokens, halves, factored, reference, trainable, *, o
         if step == 1 or step % log_every == 0 or step == steps:
             loss_curve.append({"step": step, "loss": sum(window) / len(window)})
             window = []
-        if eval_fn is not None and (step % every == 0 or step == steps):
+        if eval_fn is not None and (step % run.eval_every == 0 or step == steps):
             value = _evaluate(eval_fn, model)
             eval_curve.append({"step": step, "value": value})
             if value < best_eval:
                 best_eval, best_step, best_state, stale = value, step, _snapshot(trainable), 0
             else:
                 stale += 1
-                if patience is not None and stale >= patience:
+                if run.patience is not None and stale >= run.patience:
                     stopped = True
                     break
     if window:
@@ -364,12 +398,11 @@ def _train(model, original, tokens, halves, factored, reference, trainable, *, o
         trainable_parameters=sum(p.numel() for p in trainable),
         trainable_modules=len(factored), loss_curve=loss_curve, eval_curve=eval_curve,
         best_step=best_step, best_eval=best_eval, stopped_early=stopped,
-        settings={"eval_every": every if eval_fn is not None else None},
     )
 
 
-def _distill_loss(model, original, batch: TokenBatch, layers, causal: bool,
-                  embedding_weight: float, extra_kw: dict) -> torch.Tensor:
+def _distill_loss(model, original, batch: TokenBatch, run: RecoveryConfig, causal: bool,
+                  extra_kw: dict) -> torch.Tensor:
     with torch.no_grad():
         teacher = original(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                            output_hidden_states=True, **extra_kw).hidden_states
@@ -378,13 +411,13 @@ def _distill_loss(model, original, batch: TokenBatch, layers, causal: bool,
     if len(student) != len(teacher):
         raise ConfigError(f"model and original return {len(student)} and {len(teacher)} "
                           "hidden states: expected the same architecture")
-    picked = _layer_indices(layers, len(student))
+    picked = _layer_indices(run.layers, len(student))
     mask = batch.attention_mask.unsqueeze(-1).to(student[-1].dtype)
     denom = mask.sum() * student[-1].shape[-1]
     terms = [(((student[i] - teacher[i]) ** 2) * mask).sum() / denom for i in picked]
     loss = torch.stack(terms).mean()
-    if not causal and embedding_weight > 0:
-        loss = loss + embedding_weight * _pooled_gap(student[-1], teacher[-1], mask)
+    if not causal and run.embedding_weight > 0:
+        loss = loss + run.embedding_weight * _pooled_gap(student[-1], teacher[-1], mask)
     return loss
 
 
@@ -398,50 +431,12 @@ def _pooled_gap(student: torch.Tensor, teacher: torch.Tensor,
 
 
 def _regulariser(factored, reference: dict[str, torch.Tensor], epsilon: float) -> torch.Tensor:
-    terms = [weight_perturbation(m.weight_product(), reference[n], epsilon)
+    terms = [weight_perturbation(m.dense_weight(), reference[n], epsilon)
              for n, m in factored]
     return torch.stack(terms).mean()
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _validate(objective, steps, lr, batch_size, epsilon, embedding_weight, schedule, warmup,
-              max_grad_norm, weight_decay, eval_every, patience, inf_norm_weight) -> None:
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"unknown recovery objective {objective!r}: expected one of "
-                          f"{', '.join(OBJECTIVES)}")
-    checks = [
-        (isinstance(steps, int) and not isinstance(steps, bool) and steps > 0,
-         f"steps must be a positive integer, got {steps!r}"),
-        (_number(lr) and lr > 0, f"lr must be a positive number, got {lr!r}"),
-        (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0,
-         f"batch_size must be a positive integer, got {batch_size!r}"),
-        (_number(epsilon) and epsilon >= 0, f"epsilon must be >= 0, got {epsilon!r}"),
-        (_number(embedding_weight) and embedding_weight >= 0,
-         f"embedding_weight must be >= 0, got {embedding_weight!r}"),
-        (inf_norm_weight is None or (_number(inf_norm_weight) and inf_norm_weight >= 0),
-         f"inf_norm_weight must be >= 0 (or None for the objective's default), "
-         f"got {inf_norm_weight!r}"),
-        (schedule in SCHEDULES,
-         f"unknown schedule {schedule!r}: expected one of {', '.join(SCHEDULES)}"),
-        (_number(warmup) and 0 <= warmup < 1, f"warmup must be in [0, 1), got {warmup!r}"),
-        (_number(max_grad_norm) and max_grad_norm >= 0,
-         f"max_grad_norm must be >= 0 (0 disables clipping), got {max_grad_norm!r}"),
-        (_number(weight_decay) and weight_decay >= 0,
-         f"weight_decay must be >= 0, got {weight_decay!r}"),
-        (eval_every is None or (isinstance(eval_every, int) and eval_every > 0),
-         f"eval_every must be a positive integer, got {eval_every!r}"),
-        (patience is None or (isinstance(patience, int) and patience > 0),
-         f"patience must be a positive integer (or None: no early stopping), got {patience!r}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
-
-
-def _number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _layer_indices(layers: str | Sequence[int], count: int) -> list[int]:
@@ -507,7 +502,7 @@ def _reference_weights(original, factored, device) -> dict[str, torch.Tensor]:
             raise ConfigError(f"original has no module '{name}': expected the uncompressed "
                               "model the compressed one was made from") from exc
         if isinstance(source, LowRankLinear):
-            weight = source.weight_product()
+            weight = source.dense_weight()
         elif isinstance(getattr(source, "weight", None), torch.Tensor):
             weight = source.weight
         else:

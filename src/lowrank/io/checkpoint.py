@@ -19,9 +19,8 @@ from torch import nn
 
 from ..errors import ModelFileError
 from ..nn import LowRankLinear
-from ..nn.kinds import DTYPES as _DTYPES
-from ..nn.kinds import dtype_name as _dtype_name
 from ..nn.kinds import entry_of, is_serialisable, module_kind
+from ..nn.manifest import DTYPES, dtype_name
 from .atomic import atomic_directory
 
 FORMAT = "lowrank"
@@ -43,7 +42,7 @@ def build_manifest(model: nn.Module, base: dict[str, Any] | None = None) -> dict
         "format_version": FORMAT_VERSION,
         "base_model": base or info.get("base_model") or {},
         "model_class": type(model).__name__,
-        "dtype": _dtype_name(first.dtype) if first is not None else "float32",
+        "dtype": dtype_name(first.dtype) if first is not None else "float32",
         "method": info.get("method"),
         "modules": modules,
         "tensors": sorted(_unique_state_keys(model)),
@@ -173,7 +172,7 @@ def _skeleton_from_config(directory: Path, manifest: dict[str, Any]) -> nn.Modul
         kind = (manifest.get("base_model") or {}).get("kind")
         auto = transformers.AutoModelForCausalLM if kind == "causal-lm" else transformers.AutoModel
         model = auto.from_config(config)
-    return model.to(_DTYPES.get(manifest.get("dtype", "float32"), torch.float32))
+    return model.to(DTYPES.get(manifest.get("dtype", "float32"), torch.float32))
 
 
 def load(directory: str | os.PathLike, model: nn.Module | None = None,

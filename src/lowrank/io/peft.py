@@ -107,8 +107,9 @@ def save_eora_adapter(model: nn.Module, directory: str | os.PathLike,
     replace a previous lowrank output, another non-empty directory only with ``overwrite``.
     Apply the
     adapter to a model whose targeted layers hold the compressed weights ``W_c``
-    (``ResidualLowRankLinear.base_to_linear``), e.g. ``peft.PeftModel.from_pretrained(base,
-    directory)``. ``base_model_name_or_path`` defaults to the model's recorded base model.
+    (``dense_weight_of(layer.base)`` of each ``ResidualLowRankLinear``), e.g.
+    ``peft.PeftModel.from_pretrained(base, directory)``. ``base_model_name_or_path`` defaults
+    to the model's recorded base model.
     Raises :class:`ModelFileError` when the model has no compensated layer.
     """
     from safetensors.torch import save_file

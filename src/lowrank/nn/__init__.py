@@ -1,4 +1,6 @@
-"""Modules with low-rank structure and their accounting."""
+"""Structured layers (low-rank, quantized, sparse, residual, factorized embedding and
+convolution), the protocol they share (:mod:`.protocol`), their checkpoint kinds
+(:mod:`.kinds`, :mod:`.manifest`) and parameter / byte / FLOP accounting."""
 
 from .accounting import (
     break_even_rank,
@@ -6,6 +8,7 @@ from .accounting import (
     count_parameters,
     linear_flops,
     linear_params,
+    structured_layers,
 )
 from .cp_conv import CPConv2d
 from .factorized_embedding import FactorizedEmbedding
@@ -14,6 +17,7 @@ from .linformer import LinformerSelfAttention
 from .lost import LOSTLinear
 from .lowrank_linear import LowRankLinear
 from .ordered import OrderedDropout, OrderedLowRankLinear
+from .protocol import StructuredConv2d, StructuredLayer, StructuredLinear, dense_weight_of
 from .quantized import QuantizedLinear
 from .residual import ResidualLowRankLinear
 from .sparse_dict import SparseDictLinear
@@ -38,6 +42,9 @@ __all__ = [
     "ResidualLowRankLinear",
     "SparseDictLinear",
     "SparseLowRankLinear",
+    "StructuredConv2d",
+    "StructuredLayer",
+    "StructuredLinear",
     "TFNO2d",
     "TiledSparseMatrix",
     "Tucker2Conv2d",
@@ -45,6 +52,8 @@ __all__ = [
     "break_even_rank",
     "count_bytes",
     "count_parameters",
+    "dense_weight_of",
     "linear_flops",
     "linear_params",
+    "structured_layers",
 ]

@@ -1,9 +1,13 @@
-"""Parameter, byte and FLOP accounting for dense and factorized linear layers."""
+"""Parameter, byte and FLOP accounting for dense and structured layers."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import torch
 from torch import nn
+
+from .protocol import StructuredLayer
 
 
 def break_even_rank(out_features: int, in_features: int) -> float:
@@ -24,34 +28,33 @@ def linear_flops(out_features: int, in_features: int, rank: int | None) -> int:
     return 2 * rank * (out_features + in_features)
 
 
-def count_parameters(module: nn.Module) -> int:
-    """Every stored parameter tensor's elements, shared tensors counted once.
+def structured_layers(module: nn.Module) -> list[StructuredLayer]:
+    """The outermost :class:`StructuredLayer` modules in ``module`` (itself, if it is one)."""
+    if isinstance(module, StructuredLayer):
+        return [module]
+    found = {id(layer): layer for child in module.children()
+             for layer in structured_layers(child)}
+    return list(found.values())
 
-    Weights stored as packed integer buffers (``QuantizedLinear``) count as the number of
-    weights they encode, which such a module reports through ``packed_parameters()``.
-    """
-    seen: set[int] = set()
-    total = 0
-    for p in module.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
-    for sub in module.modules():
-        if callable(getattr(sub, "packed_parameters", None)):
-            total += sub.packed_parameters()
-    return total
+
+def _count(module: nn.Module, tensors: Iterable[torch.Tensor],
+           size: Callable[[torch.Tensor], int],
+           layer_size: Callable[[StructuredLayer], int]) -> int:
+    layers = structured_layers(module)
+    inside = {id(t) for layer in layers for t in (*layer.parameters(), *layer.buffers())}
+    rest = sum(size(t) for t in tensors if id(t) not in inside)
+    return rest + sum(layer_size(layer) for layer in layers)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Parameters of ``module``: each structured layer's ``num_parameters()`` (the weights it
+    encodes, e.g. one per quantized code) plus every other parameter tensor's elements, shared
+    tensors counted once."""
+    return _count(module, module.parameters(), torch.Tensor.numel,
+                  lambda layer: layer.num_parameters())
 
 
 def count_bytes(module: nn.Module) -> int:
     """Bytes of all stored parameters and buffers (shared tensors counted once)."""
-    seen: set[int] = set()
-    total = 0
-    for t in list(module.parameters()) + list(module.buffers()):
-        if id(t) not in seen:
-            seen.add(id(t))
-            total += t.numel() * t.element_size()
-    return total
-
-
-def dtype_bytes(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
+    return _count(module, (*module.parameters(), *module.buffers()),
+                  lambda t: t.numel() * t.element_size(), lambda layer: layer.num_bytes())

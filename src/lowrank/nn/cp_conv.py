@@ -14,8 +14,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .kinds import dtype_name, parse_dtype, positive_int, register_module_kind
-from .tucker_conv import _pair, check_plain_conv, pair_entry
+from .kinds import register_module_kind
+from .manifest import BIAS, DTYPE, pair, positive
+from .protocol import StructuredConv2d
+from .tucker_conv import _pair, check_plain_conv
 
 
 def cp_rank_for_keep(in_channels: int, out_channels: int, kernel: tuple[int, int],
@@ -28,9 +30,13 @@ def cp_rank_for_keep(in_channels: int, out_channels: int, kernel: tuple[int, int
 
 
 @register_module_kind
-class CPConv2d(nn.Module):
+class CPConv2d(StructuredConv2d):
     """Conv2d ``in -> out`` of CP rank ``rank``; trainable from scratch or from
     :meth:`from_conv`."""
+
+    manifest_fields = (positive("in_channels"), positive("out_channels"), pair("kernel_size"),
+                       positive("rank"), pair("stride"), pair("padding", zero=True),
+                       pair("dilation"), BIAS, DTYPE)
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  rank: int, stride: int | tuple[int, int] = 1,
@@ -63,7 +69,8 @@ class CPConv2d(nn.Module):
         return (self.last.weight[:, :, 0, 0], self.first.weight[:, :, 0, 0].T,
                 self.vertical.weight[:, 0, :, 0].T, self.horizontal.weight[:, 0, 0, :].T)
 
-    def weight_product(self) -> torch.Tensor:
+    def dense_weight(self) -> torch.Tensor:
+        """The represented dense kernel ``(out, in, k_h, k_w)``."""
         a, b, h, v = self.factors()
         return torch.einsum("or,cr,ir,jr->ocij", a, b, h, v)
 
@@ -111,36 +118,9 @@ class CPConv2d(nn.Module):
             self.vertical.weight.copy_(h.T.reshape(r, 1, -1, 1).to(dev, dt))
             self.horizontal.weight.copy_(v.T.reshape(r, 1, 1, -1).to(dev, dt))
 
-    def to_conv(self) -> nn.Conv2d:
-        """Export as one dense ``nn.Conv2d`` (kernel composed in float64)."""
-        w = self.first.weight
-        dense = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
-                          self.padding, self.dilation, bias=self.last.bias is not None,
-                          device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            a, b, h, v = (f.double() for f in self.factors())
-            dense.weight.copy_(torch.einsum("or,cr,ir,jr->ocij", a, b, h, v).to(w.dtype))
-            if self.last.bias is not None:
-                dense.bias.copy_(self.last.bias)
-        return dense
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def manifest_entry(self) -> dict:
-        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
-                "kernel_size": list(self.kernel_size), "rank": self.rank,
-                "stride": list(self.stride), "padding": list(self.padding),
-                "dilation": list(self.dilation), "bias": self.last.bias is not None,
-                "dtype": dtype_name(self.first.weight.dtype)}
-
-    @classmethod
-    def from_manifest_entry(cls, entry: dict) -> CPConv2d:
-        return cls(positive_int(entry, "in_channels"), positive_int(entry, "out_channels"),
-                   pair_entry(entry, "kernel_size"), positive_int(entry, "rank"),
-                   pair_entry(entry, "stride"), pair_entry(entry, "padding", zero=True),
-                   pair_entry(entry, "dilation"), bias=bool(entry.get("bias", True)),
-                   dtype=parse_dtype(entry.get("dtype", "float32")))
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.last.bias
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

@@ -12,20 +12,25 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .kinds import dtype_name, parse_dtype, positive_int, register_module_kind
+from .kinds import register_module_kind
+from .manifest import DTYPE, optional_int, positive
+from .protocol import StructuredLayer
 
 
 @register_module_kind
-class FactorizedEmbedding(nn.Module):
+class FactorizedEmbedding(StructuredLayer):
     """Embedding lookup through a rank-``rank`` table: ``forward(ids) = table[ids] @ basis^T
     + bias``.
 
     Parameters: ``table`` (num_embeddings x rank), ``basis`` (embedding_dim x rank) and
     ``bias`` (embedding_dim). ``padding_idx`` behaves as in ``nn.Embedding``: the padding
-    row of ``table`` receives no gradient, and :meth:`to_embedding` carries it over. Its
+    row of ``table`` receives no gradient, and :meth:`to_dense_module` carries it over. Its
     output is the factorized padding row like any other row (the models this serves mask
     padding positions, so it has no effect on their outputs).
     """
+
+    manifest_fields = (positive("rank"), positive("num_embeddings"), positive("embedding_dim"),
+                       optional_int("padding_idx"), DTYPE)
 
     def __init__(
         self,
@@ -109,40 +114,21 @@ class FactorizedEmbedding(nn.Module):
         return cls.from_factors(table.to(dtype), basis.to(dtype), mean.to(dtype),
                                 embedding.padding_idx)
 
-    def weight_product(self) -> torch.Tensor:
+    def dense_weight(self) -> torch.Tensor:
         """The represented dense table ``table @ basis^T + bias`` (V x d)."""
         return self.table @ self.basis.T + self.bias
 
-    def to_embedding(self) -> nn.Embedding:
+    def to_dense_module(self) -> nn.Embedding:
         """Export as a dense ``nn.Embedding`` (table computed in float64)."""
         dense = nn.Embedding(self.num_embeddings, self.embedding_dim, self.padding_idx,
-                             device=self.table.device, dtype=self.table.dtype)
+                             device=self.device, dtype=self.dtype)
         with torch.no_grad():
-            full = self.table.double() @ self.basis.double().T + self.bias.double()
-            dense.weight.copy_(full.to(self.table.dtype))
+            dense.weight.copy_(self.exact_dense_weight())
         return dense
-
-    def num_parameters(self) -> int:
-        return self.rank * (self.num_embeddings + self.embedding_dim) + self.embedding_dim
 
     def flops_per_token(self) -> int:
         """Multiply-accumulates x 2 of one lookup (the projection to ``embedding_dim``)."""
         return 2 * self.rank * self.embedding_dim
-
-    def manifest_entry(self) -> dict:
-        return {"rank": self.rank, "num_embeddings": self.num_embeddings,
-                "embedding_dim": self.embedding_dim, "padding_idx": self.padding_idx,
-                "dtype": dtype_name(self.table.dtype)}
-
-    @classmethod
-    def from_manifest_entry(cls, entry: dict) -> FactorizedEmbedding:
-        padding_idx = entry.get("padding_idx")
-        if padding_idx is not None and (isinstance(padding_idx, bool)
-                                        or not isinstance(padding_idx, int)):
-            raise ValueError(f"'padding_idx' must be an integer or null, got {padding_idx!r}")
-        return cls(positive_int(entry, "num_embeddings"), positive_int(entry, "embedding_dim"),
-                   positive_int(entry, "rank"), padding_idx,
-                   dtype=parse_dtype(entry.get("dtype", "float32")))
 
     def extra_repr(self) -> str:
         pad = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""

@@ -16,16 +16,21 @@ import math
 import torch
 from torch import nn
 
-from .kinds import dtype_name, parse_dtype, positive_int, register_module_kind
+from .kinds import register_module_kind
+from .manifest import BIAS, DTYPE, positive
+from .protocol import StructuredLinear
 
 
 @register_module_kind
-class IndexedLinear(nn.Module):
+class IndexedLinear(StructuredLinear):
     """``y[out_index] = W x[in_index] + b``, zeros at the other outputs.
 
     ``weight`` is (n_out x n_in), ``bias`` (n_out); ``in_index`` (n_in) / ``out_index`` (n_out)
     are ``int32`` buffers, or absent when the layer reads / writes every feature.
     """
+
+    manifest_fields = (positive("in_features"), positive("out_features"), positive("n_in"),
+                       positive("n_out"), BIAS, DTYPE)
 
     def __init__(self, in_features: int, out_features: int, n_in: int | None = None,
                  n_out: int | None = None, bias: bool = True,
@@ -76,6 +81,16 @@ class IndexedLinear(nn.Module):
                 layer.out_index.copy_(out_index.to(torch.int32))
         return layer
 
+    @property
+    def n_in(self) -> int:
+        """Input features read (columns of ``weight``)."""
+        return self.weight.shape[1]
+
+    @property
+    def n_out(self) -> int:
+        """Output features written (rows of ``weight``)."""
+        return self.weight.shape[0]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.in_index is not None:
             x = x.index_select(-1, self.in_index)
@@ -99,43 +114,16 @@ class IndexedLinear(nn.Module):
             w = full
         return w
 
-    def weight_product(self) -> torch.Tensor:
-        return self.dense_weight()
-
     def dense_bias(self) -> torch.Tensor | None:
+        """The (out_features) bias, zeros off ``out_index``."""
         if self.bias is None or self.out_index is None:
             return self.bias
         full = self.bias.new_zeros(self.out_features)
         full[self.out_index.long()] = self.bias
         return full
 
-    def to_linear(self) -> nn.Linear:
-        """The equivalent dense ``nn.Linear`` (in_features -> out_features)."""
-        dense = nn.Linear(self.in_features, self.out_features, self.bias is not None,
-                          device=self.weight.device, dtype=self.weight.dtype)
-        with torch.no_grad():
-            dense.weight.copy_(self.dense_weight())
-            if self.bias is not None:
-                dense.bias.copy_(self.dense_bias())
-        return dense
-
-    def num_parameters(self) -> int:
-        return self.weight.numel() + (0 if self.bias is None else self.bias.numel())
-
     def flops_per_token(self) -> int:
         return 2 * self.weight.numel()
-
-    def manifest_entry(self) -> dict:
-        return {"in_features": self.in_features, "out_features": self.out_features,
-                "n_in": self.weight.shape[1], "n_out": self.weight.shape[0],
-                "bias": self.bias is not None, "dtype": dtype_name(self.weight.dtype)}
-
-    @classmethod
-    def from_manifest_entry(cls, entry: dict) -> IndexedLinear:
-        return cls(positive_int(entry, "in_features"), positive_int(entry, "out_features"),
-                   positive_int(entry, "n_in"), positive_int(entry, "n_out"),
-                   bias=bool(entry.get("bias", True)),
-                   dtype=parse_dtype(entry.get("dtype", "float32")))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -17,13 +17,19 @@ import math
 import torch
 from torch import nn
 
-from .kinds import dtype_name, parse_dtype, positive_int, register_module_kind
+from .kinds import register_module_kind
+from .manifest import BIAS, DTYPE, optional, positive
+from .protocol import StructuredLinear
 
 
 @register_module_kind
-class LOSTLinear(nn.Module):
+class LOSTLinear(StructuredLinear):
     """Low-rank (``B`` out x r, ``A`` r x in) plus channel-sparse (``S`` out x k on int32
     ``channels``) linear layer. Parameter count ``r (m + n) + m k (+ m)``."""
+
+    manifest_fields = (positive("in_features"), positive("out_features"), positive("rank"),
+                       optional("num_channels", 0, int), optional("gamma", 0.5, float), BIAS,
+                       DTYPE)
 
     def __init__(self, in_features: int, out_features: int, rank: int, num_channels: int,
                  gamma: float = 0.5, bias: bool = True,
@@ -58,15 +64,6 @@ class LOSTLinear(nn.Module):
             y = y + nn.functional.linear(xs, self.S) * (1.0 - self.gamma)
         return y if self.bias is None else y + self.bias
 
-    @staticmethod
-    def select_channels(weight: torch.Tensor, rank: int, num_channels: int) -> torch.Tensor:
-        """int32 indices (sorted) of the input channels with the largest column norm in the
-        complementary reconstruction ``W - W_r`` (``W_r`` the best rank-r approximation)."""
-        u, s, vh = torch.linalg.svd(weight.double(), full_matrices=False)
-        resid = (u[:, rank:] * s[rank:]) @ vh[rank:]
-        top = torch.topk(resid.norm(dim=0), num_channels).indices
-        return torch.sort(top).values.to(torch.int32)
-
     @classmethod
     def from_linear(cls, linear: nn.Linear, rank: int, sparsity: float = 0.05,
                     gamma: float = 0.5, num_channels: int | None = None) -> LOSTLinear:
@@ -92,41 +89,17 @@ class LOSTLinear(nn.Module):
                 layer.bias.copy_(linear.bias)
         return layer
 
-    def weight_product(self) -> torch.Tensor:
+    def dense_weight(self) -> torch.Tensor:
         """The represented dense weight ``gamma B A + (1 - gamma) scatter(S)`` (out x in)."""
         w = (self.B @ self.A) * self.gamma
         if self.num_channels:
             w = w.index_add(1, self.channels.long(), self.S * (1.0 - self.gamma))
         return w
 
-    def to_linear(self) -> nn.Linear:
-        dense = nn.Linear(self.in_features, self.out_features, self.bias is not None,
-                          device=self.A.device, dtype=self.A.dtype)
-        with torch.no_grad():
-            w = (self.B.double() @ self.A.double()) * self.gamma
-            if self.num_channels:
-                w.index_add_(1, self.channels.long(), self.S.double() * (1.0 - self.gamma))
-            dense.weight.copy_(w.to(self.A.dtype))
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
-
-    def num_parameters(self) -> int:
-        return (self.rank * (self.in_features + self.out_features)
-                + self.out_features * self.num_channels
-                + (self.out_features if self.bias is not None else 0))
-
-    def manifest_entry(self) -> dict:
-        return {"in_features": self.in_features, "out_features": self.out_features,
-                "rank": self.rank, "num_channels": self.num_channels, "gamma": self.gamma,
-                "bias": self.bias is not None, "dtype": dtype_name(self.A.dtype)}
-
-    @classmethod
-    def from_manifest_entry(cls, entry: dict) -> LOSTLinear:
-        return cls(positive_int(entry, "in_features"), positive_int(entry, "out_features"),
-                   positive_int(entry, "rank"), int(entry.get("num_channels", 0)),
-                   float(entry.get("gamma", 0.5)), bool(entry.get("bias", True)),
-                   dtype=parse_dtype(entry.get("dtype", "float32")))
+    def flops_per_token(self) -> int:
+        """Multiply-accumulates x 2 of the low-rank and the channel-sparse parts."""
+        return 2 * (self.rank * (self.in_features + self.out_features)
+                    + self.out_features * self.num_channels)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -7,17 +7,22 @@ import math
 import torch
 from torch import nn
 
-from .kinds import dtype_name, parse_dtype, positive_int, register_module_kind
+from .kinds import register_module_kind
+from .manifest import BIAS, DTYPE, positive
+from .protocol import StructuredLinear
 
 
 @register_module_kind
-class LowRankLinear(nn.Module):
+class LowRankLinear(StructuredLinear):
     """Linear map ``in_features -> out_features`` through a rank-``rank`` bottleneck.
 
     Holds ``A`` (rank x in) and ``B`` (out x rank) as parameters and an optional ``bias``
     (out). Storage is ``rank * (in + out)`` (+ out for the bias) instead of ``in * out``, which
     saves parameters only below the break-even rank ``in * out / (in + out)``.
     """
+
+    manifest_fields = (positive("rank"), positive("in_features"), positive("out_features"),
+                       BIAS, DTYPE)
 
     def __init__(
         self,
@@ -88,39 +93,13 @@ class LowRankLinear(nn.Module):
         bias = None if linear.bias is None else linear.bias.detach()
         return cls.from_factors(B.to(dtype), A.to(dtype), bias).to(linear.weight.device)
 
-    def to_linear(self) -> nn.Linear:
-        """Export as a dense ``nn.Linear`` with weight ``B @ A`` (computed in float64)."""
-        dense = nn.Linear(self.in_features, self.out_features, self.bias is not None,
-                          device=self.A.device, dtype=self.A.dtype)
-        with torch.no_grad():
-            dense.weight.copy_((self.B.double() @ self.A.double()).to(self.A.dtype))
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
-
-    def weight_product(self) -> torch.Tensor:
+    def dense_weight(self) -> torch.Tensor:
         """The represented dense weight ``B @ A`` (out x in)."""
         return self.B @ self.A
-
-    def num_parameters(self) -> int:
-        return self.rank * (self.in_features + self.out_features) + (
-            self.out_features if self.bias is not None else 0
-        )
 
     def flops_per_token(self) -> int:
         """Multiply-accumulates x 2 for one input vector (bias adds ignored)."""
         return 2 * self.rank * (self.in_features + self.out_features)
-
-    def manifest_entry(self) -> dict:
-        return {"rank": self.rank, "in_features": self.in_features,
-                "out_features": self.out_features, "bias": self.bias is not None,
-                "dtype": dtype_name(self.A.dtype)}
-
-    @classmethod
-    def from_manifest_entry(cls, entry: dict) -> LowRankLinear:
-        return cls(positive_int(entry, "in_features"), positive_int(entry, "out_features"),
-                   positive_int(entry, "rank"), bias=bool(entry.get("bias", True)),
-                   dtype=parse_dtype(entry.get("dtype", "float32")))
 
     def extra_repr(self) -> str:
         return (

@@ -17,12 +17,17 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .kinds import dtype_name, parse_dtype, positive_int, register_module_kind
+from .kinds import register_module_kind
+from .manifest import BIAS, DTYPE, positive
+from .protocol import StructuredLinear
 
 
 @register_module_kind
-class OrderedLowRankLinear(nn.Module):
+class OrderedLowRankLinear(StructuredLinear):
     """Linear layer ``y = U (V x) + b`` whose forward can use any prefix width of the rank."""
+
+    manifest_fields = (positive("in_features"), positive("out_features"), positive("rank"),
+                       BIAS, DTYPE)
 
     def __init__(self, in_features: int, out_features: int, rank: int | None = None,
                  bias: bool = True, device: torch.device | str | None = None,
@@ -87,31 +92,13 @@ class OrderedLowRankLinear(nn.Module):
                 layer.bias.copy_(linear.bias)
         return layer
 
-    def to_linear(self, width: int | None = None) -> nn.Linear:
-        """Dense export of the first ``width`` components (all by default), float64 product."""
-        k = self.rank if width is None else max(1, min(int(width), self.rank))
-        dense = nn.Linear(self.in_features, self.out_features, self.bias is not None,
-                          device=self.U.device, dtype=self.U.dtype)
-        with torch.no_grad():
-            dense.weight.copy_((self.U[:, :k].double() @ self.V[:k].double()).to(self.U.dtype))
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+    def dense_weight(self) -> torch.Tensor:
+        """The represented dense weight ``U @ V`` (out x in), all components."""
+        return self.U @ self.V
 
-    def num_parameters(self) -> int:
-        return self.rank * (self.in_features + self.out_features) + (
-            self.out_features if self.bias is not None else 0)
-
-    def manifest_entry(self) -> dict:
-        return {"in_features": self.in_features, "out_features": self.out_features,
-                "rank": self.rank, "bias": self.bias is not None,
-                "dtype": dtype_name(self.U.dtype)}
-
-    @classmethod
-    def from_manifest_entry(cls, entry: dict) -> OrderedLowRankLinear:
-        return cls(positive_int(entry, "in_features"), positive_int(entry, "out_features"),
-                   positive_int(entry, "rank"), bool(entry.get("bias", True)),
-                   dtype=parse_dtype(entry.get("dtype", "float32")))
+    def flops_per_token(self) -> int:
+        """Multiply-accumulates x 2 for one input vector at full width."""
+        return 2 * self.rank * (self.in_features + self.out_features)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -12,8 +12,8 @@ Storage format (the ``lowrank`` checkpoint and :func:`dequantize` agree on it):
   ``y = (codes * scales) x + b``.
 
 Codes and scales are buffers (they are not trained), so they are in the state dict and in
-:func:`lowrank.nn.count_bytes`; :meth:`QuantizedLinear.packed_parameters` tells
-:func:`lowrank.nn.count_parameters` how many weights they encode. The rounding that produces
+:func:`lowrank.nn.count_bytes`; :meth:`QuantizedLinear.num_parameters` counts the weights they
+encode. The rounding that produces
 the codes (round-to-nearest) lives in :mod:`lowrank.compress.quant`.
 """
 
@@ -24,7 +24,9 @@ import math
 import torch
 from torch import nn
 
-from .kinds import dtype_name, parse_dtype, positive_int, register_module_kind
+from .kinds import register_module_kind
+from .manifest import BIAS, DTYPE, choice, positive
+from .protocol import StructuredLinear
 
 SUPPORTED_BITS = (4, 8)
 
@@ -72,12 +74,15 @@ def dequantize(codes: torch.Tensor, scales: torch.Tensor, group_size: int) -> to
 
 
 @register_module_kind
-class QuantizedLinear(nn.Module):
+class QuantizedLinear(StructuredLinear):
     """Linear map whose weight is ``bits``-bit integer codes times per-group float scales.
 
     The forward pass dequantizes the weight (in the scales' dtype) and applies a dense matmul:
     the saving is in storage (:meth:`num_bytes`), not in compute.
     """
+
+    manifest_fields = (positive("in_features"), positive("out_features"),
+                       choice("bits", SUPPORTED_BITS), positive("group_size"), BIAS, DTYPE)
 
     def __init__(
         self,
@@ -150,50 +155,15 @@ class QuantizedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(x, self.dense_weight(), self.bias)
 
-    def to_linear(self) -> nn.Linear:
-        """Export as a dense ``nn.Linear`` holding the dequantized weight (exactly)."""
-        dense = nn.Linear(self.in_features, self.out_features, self.bias is not None,
-                          device=self.scales.device, dtype=self.scales.dtype)
-        with torch.no_grad():
-            dense.weight.copy_(self.dense_weight())
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
-
-    def packed_parameters(self) -> int:
-        """Weights encoded in the integer buffers (counted as parameters by the accounting)."""
-        return self.out_features * self.in_features
-
     def num_parameters(self) -> int:
         """Weights (one per code, not counting scales) plus the bias."""
-        return self.packed_parameters() + (self.out_features if self.bias is not None else 0)
-
-    def num_bytes(self) -> int:
-        """Stored bytes: codes + scales + bias."""
-        return sum(t.numel() * t.element_size() for t in (self.qweight, self.scales, self.bias)
-                   if t is not None)
+        return self.out_features * self.in_features + (
+            self.out_features if self.bias is not None else 0)
 
     def bits_per_weight(self) -> float:
         """Storage per weight, scales included (bias excluded)."""
         scale_bits = self.scales.numel() * self.scales.element_size() * 8
         return self.bits + scale_bits / (self.out_features * self.in_features)
-
-    def flops_per_token(self) -> int:
-        return 2 * self.in_features * self.out_features
-
-    def manifest_entry(self) -> dict:
-        return {"in_features": self.in_features, "out_features": self.out_features,
-                "bits": self.bits, "group_size": self.group_size,
-                "bias": self.bias is not None, "dtype": dtype_name(self.scales.dtype)}
-
-    @classmethod
-    def from_manifest_entry(cls, entry: dict) -> QuantizedLinear:
-        bits = entry.get("bits")
-        if bits not in SUPPORTED_BITS or isinstance(bits, bool):
-            raise ValueError(f"'bits' must be one of {SUPPORTED_BITS}, got {bits!r}")
-        return cls(positive_int(entry, "in_features"), positive_int(entry, "out_features"),
-                   bits, positive_int(entry, "group_size"), bias=bool(entry.get("bias", True)),
-                   dtype=parse_dtype(entry.get("dtype", "float32")))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

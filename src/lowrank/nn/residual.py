@@ -13,29 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .kinds import dtype_name, module_kind, parse_dtype, positive_int, register_module_kind
-
-
-def dense_weight_of(module: nn.Module) -> torch.Tensor:
-    """The dense weight a linear-like module applies: ``nn.Linear.weight`` or ``dense_weight()``."""
-    if hasattr(module, "dense_weight"):
-        return module.dense_weight()
-    if isinstance(module, nn.Linear):
-        return module.weight
-    raise TypeError(f"{type(module).__name__} is not a linear layer with a dense weight")
-
-
-def _module_params(module: nn.Module) -> int:
-    if hasattr(module, "num_parameters"):
-        return module.num_parameters()
-    return sum(p.numel() for p in module.parameters())
-
-
-def _module_bytes(module: nn.Module) -> int:
-    if hasattr(module, "num_bytes"):
-        return module.num_bytes()
-    return sum(t.numel() * t.element_size()
-               for t in list(module.parameters()) + list(module.buffers()))
+from .accounting import count_parameters
+from .kinds import entry_of, is_serialisable, module_kind, register_module_kind
+from .manifest import DTYPE, dtype_name, parse_dtype, positive, positive_int
+from .protocol import StructuredLinear, dense_weight_of
 
 
 def _base_entry(base: nn.Module) -> dict[str, Any]:
@@ -43,11 +24,11 @@ def _base_entry(base: nn.Module) -> dict[str, Any]:
         return {"kind": "Linear", "in_features": base.in_features,
                 "out_features": base.out_features, "bias": base.bias is not None,
                 "dtype": dtype_name(base.weight.dtype)}
-    if module_kind(type(base).__name__) is not type(base):
+    if not is_serialisable(base):
         raise TypeError(f"cannot serialise a ResidualLowRankLinear whose base is a "
                         f"{type(base).__name__}: expected nn.Linear or a registered lowrank "
                         f"module kind")
-    return {"kind": type(base).__name__, **base.manifest_entry()}
+    return entry_of(base)
 
 
 def _base_from_entry(entry: Any) -> nn.Module:
@@ -59,29 +40,32 @@ def _base_from_entry(entry: Any) -> nn.Module:
                          bias=bool(entry.get("bias", True)),
                          dtype=parse_dtype(entry.get("dtype", "float32")))
     cls = module_kind(kind) if isinstance(kind, str) else None
-    if cls is None or cls is ResidualLowRankLinear:
+    if cls is None or not issubclass(cls, StructuredLinear) or cls is ResidualLowRankLinear:
         raise ValueError(f"'base' has unknown kind {kind!r}: expected 'Linear' or a lowrank "
-                         f"module kind such as QuantizedLinear")
+                         f"linear module kind such as QuantizedLinear")
     return cls.from_manifest_entry(entry)
 
 
 @register_module_kind
-class ResidualLowRankLinear(nn.Module):
+class ResidualLowRankLinear(StructuredLinear):
     """``y = base(x) + B (A x)``: a compressed linear layer with a rank-``rank`` correction.
 
     ``base`` computes ``W_c x + b`` (it holds the bias); ``A`` is (rank x in), ``B`` is
     (out x rank). :meth:`dense_weight` is ``W_c + B A``; :meth:`num_parameters` counts the
-    base's weights plus ``rank * (in + out)``, :meth:`num_bytes` its stored bytes.
+    base's weights plus ``rank * (in + out)``, :meth:`num_bytes` its stored bytes. ``base`` is
+    an ``nn.Linear`` or a linear structured layer (:class:`~lowrank.nn.StructuredLinear`).
     """
+
+    manifest_fields = (positive("rank"), positive("in_features"), positive("out_features"),
+                       DTYPE)
 
     def __init__(self, base: nn.Module, rank: int, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        in_features = getattr(base, "in_features", None)
-        out_features = getattr(base, "out_features", None)
-        if not isinstance(in_features, int) or not isinstance(out_features, int):
-            raise TypeError(f"base must be a linear layer with in_features/out_features, got "
-                            f"{type(base).__name__}")
+        if not isinstance(base, (nn.Linear, StructuredLinear)):
+            raise TypeError(f"base must be an nn.Linear or a StructuredLinear with "
+                            f"in_features/out_features, got {type(base).__name__}")
+        in_features, out_features = base.in_features, base.out_features
         if isinstance(rank, bool) or not isinstance(rank, int) or \
                 not 1 <= rank <= min(in_features, out_features):
             raise ValueError(f"rank must be in [1, {min(in_features, out_features)}] for a "
@@ -100,8 +84,7 @@ class ResidualLowRankLinear(nn.Module):
         """Wrap ``base`` with the correction ``B @ A`` (copied, in ``A``'s dtype and device)."""
         if A.ndim != 2 or B.ndim != 2 or B.shape[1] != A.shape[0]:
             raise ValueError(f"factors do not chain: B {tuple(B.shape)} @ A {tuple(A.shape)}")
-        if (B.shape[0], A.shape[1]) != (getattr(base, "out_features", None),
-                                        getattr(base, "in_features", None)):
+        if (B.shape[0], A.shape[1]) != (base.out_features, base.in_features):
             raise ValueError(f"factors B {tuple(B.shape)} @ A {tuple(A.shape)} do not match "
                              f"the base layer ({type(base).__name__})")
         layer = cls(base, A.shape[0], device=A.device, dtype=A.dtype)
@@ -112,7 +95,7 @@ class ResidualLowRankLinear(nn.Module):
 
     @property
     def bias(self) -> torch.Tensor | None:
-        return getattr(self.base, "bias", None)
+        return self.base.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         correction = nn.functional.linear(nn.functional.linear(x, self.A), self.B)
@@ -127,64 +110,30 @@ class ResidualLowRankLinear(nn.Module):
         base = dense_weight_of(self.base)
         return (base.double() + self.B.double() @ self.A.double()).to(self.A.dtype)
 
-    def weight_product(self) -> torch.Tensor:
-        """Same as :meth:`dense_weight` (the name :class:`LowRankLinear` uses)."""
-        return self.dense_weight()
-
-    def to_linear(self) -> nn.Linear:
-        """Export as a dense ``nn.Linear`` with weight ``W_c + B A`` (summed in float64)."""
-        dense = nn.Linear(self.in_features, self.out_features, self.bias is not None,
-                          device=self.A.device, dtype=self.A.dtype)
-        with torch.no_grad():
-            dense.weight.copy_(self.dense_weight())
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
-
-    def base_to_linear(self) -> nn.Linear:
-        """The compressed layer alone as a dense ``nn.Linear`` (weight ``W_c``, same bias)."""
-        if hasattr(self.base, "to_linear"):
-            return self.base.to_linear()
-        dense = nn.Linear(self.in_features, self.out_features, self.bias is not None,
-                          device=self.A.device, dtype=dense_weight_of(self.base).dtype)
-        with torch.no_grad():
-            dense.weight.copy_(dense_weight_of(self.base))
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
-
     def correction_parameters(self) -> int:
         return self.rank * (self.in_features + self.out_features)
 
     def num_parameters(self) -> int:
         """The base's parameters (weights it encodes, bias) plus ``rank * (in + out)``."""
-        return _module_params(self.base) + self.correction_parameters()
-
-    def num_bytes(self) -> int:
-        """The base's stored bytes plus those of ``A`` and ``B``."""
-        return _module_bytes(self.base) + sum(t.numel() * t.element_size()
-                                              for t in (self.A, self.B))
+        return count_parameters(self.base) + self.correction_parameters()
 
     def flops_per_token(self) -> int:
-        base = self.base.flops_per_token() if hasattr(self.base, "flops_per_token") else \
+        base = self.base.flops_per_token() if isinstance(self.base, StructuredLinear) else \
             2 * self.in_features * self.out_features
         return base + 2 * self.correction_parameters()
 
-    def manifest_entry(self) -> dict:
-        return {"rank": self.rank, "in_features": self.in_features,
-                "out_features": self.out_features, "dtype": dtype_name(self.A.dtype),
-                "base": _base_entry(self.base)}
+    def manifest_entry(self) -> dict[str, Any]:
+        return {**super().manifest_entry(), "base": _base_entry(self.base)}
 
     @classmethod
-    def from_manifest_entry(cls, entry: dict) -> ResidualLowRankLinear:
+    def from_manifest_entry(cls, entry: dict[str, Any]) -> ResidualLowRankLinear:
         base = _base_from_entry(entry.get("base"))
         in_features = positive_int(entry, "in_features")
         out_features = positive_int(entry, "out_features")
         if (base.in_features, base.out_features) != (in_features, out_features):
             raise ValueError(f"base is {base.out_features}x{base.in_features} but the layer is "
                              f"{out_features}x{in_features}")
-        return cls(base, positive_int(entry, "rank"),
-                   dtype=parse_dtype(entry.get("dtype", "float32")))
+        return cls(base, positive_int(entry, "rank"), dtype=DTYPE.decode(entry))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

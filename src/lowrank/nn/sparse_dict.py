@@ -16,7 +16,9 @@ import math
 import torch
 from torch import nn
 
-from .kinds import dtype_name, parse_dtype, positive_int, register_module_kind
+from .kinds import register_module_kind
+from .manifest import BIAS, DTYPE, positive
+from .protocol import StructuredLinear
 
 
 def index_dtype(num_atoms: int) -> torch.dtype:
@@ -34,13 +36,17 @@ def index_bits(num_atoms: int) -> int:
 
 
 @register_module_kind
-class SparseDictLinear(nn.Module):
+class SparseDictLinear(StructuredLinear):
     """Linear map through ``num_atoms`` dictionary atoms, ``sparsity`` of them per output.
 
     Parameters: ``dictionary`` (num_atoms x in), ``values`` (out x sparsity) and ``bias``;
     buffer ``indices`` (out x sparsity, integer). Weight represented: ``C @ dictionary`` where
-    row ``i`` of ``C`` has ``values[i]`` at columns ``indices[i]``.
+    row ``i`` of ``C`` has ``values[i]`` at columns ``indices[i]``. :meth:`num_parameters`
+    counts the stored floating values (dictionary, coefficient values, bias), not the indices.
     """
+
+    manifest_fields = (positive("in_features"), positive("out_features"), positive("num_atoms"),
+                       positive("sparsity"), BIAS, DTYPE)
 
     def __init__(self, in_features: int, out_features: int, num_atoms: int, sparsity: int,
                  bias: bool = True, device: torch.device | str | None = None,
@@ -99,25 +105,9 @@ class SparseDictLinear(nn.Module):
         z = nn.functional.linear(x, self.dictionary)
         return nn.functional.linear(z, self.coefficients(), self.bias)
 
-    def weight_product(self) -> torch.Tensor:
+    def dense_weight(self) -> torch.Tensor:
         """The represented dense weight ``C @ D`` (out x in)."""
         return self.coefficients() @ self.dictionary
-
-    def to_linear(self) -> nn.Linear:
-        """Export as a dense ``nn.Linear`` (product formed in float64)."""
-        dense = nn.Linear(self.in_features, self.out_features, self.bias is not None,
-                          device=self.dictionary.device, dtype=self.dictionary.dtype)
-        with torch.no_grad():
-            w = self.coefficients().double() @ self.dictionary.double()
-            dense.weight.copy_(w.to(self.dictionary.dtype))
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
-
-    def num_parameters(self) -> int:
-        """Stored floating values (dictionary, coefficient values, bias); indices excluded."""
-        return (self.num_atoms * self.in_features + self.out_features * self.sparsity
-                + (self.out_features if self.bias is not None else 0))
 
     def index_bits(self) -> int:
         return index_bits(self.num_atoms)
@@ -129,25 +119,9 @@ class SparseDictLinear(nn.Module):
         idx = math.ceil(self.out_features * self.sparsity * self.index_bits() / bits)
         return self.num_parameters() + idx
 
-    def num_bytes(self) -> int:
-        return sum(t.numel() * t.element_size()
-                   for t in (*self.parameters(), *self.buffers()))
-
     def flops_per_token(self) -> int:
         """Multiply-accumulates x 2 of the dictionary projection and the sparse combination."""
         return 2 * (self.num_atoms * self.in_features + self.out_features * self.sparsity)
-
-    def manifest_entry(self) -> dict:
-        return {"in_features": self.in_features, "out_features": self.out_features,
-                "num_atoms": self.num_atoms, "sparsity": self.sparsity,
-                "bias": self.bias is not None, "dtype": dtype_name(self.dictionary.dtype)}
-
-    @classmethod
-    def from_manifest_entry(cls, entry: dict) -> SparseDictLinear:
-        return cls(positive_int(entry, "in_features"), positive_int(entry, "out_features"),
-                   positive_int(entry, "num_atoms"), positive_int(entry, "sparsity"),
-                   bias=bool(entry.get("bias", True)),
-                   dtype=parse_dtype(entry.get("dtype", "float32")))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

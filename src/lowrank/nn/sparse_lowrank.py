@@ -16,7 +16,9 @@ import zlib
 import torch
 from torch import nn
 
-from .kinds import dtype_name, parse_dtype, positive_int, register_module_kind
+from .kinds import register_module_kind
+from .manifest import BIAS, DTYPE, optional, positive
+from .protocol import StructuredLinear
 
 
 def sparse_support(out_features: int, in_features: int, density: float, seed: int,
@@ -63,13 +65,17 @@ class _SparseLowRankFn(torch.autograd.Function):
 
 
 @register_module_kind
-class SparseLowRankLinear(nn.Module):
+class SparseLowRankLinear(StructuredLinear):
     """Sparse plus low-rank linear layer (SLTrain).
 
     Parameters ``B`` (out x r), ``A`` (r x in), ``values`` (nnz) and ``bias``; buffer
     ``indices`` (nnz, int32, row-major flat positions in the out x in weight). Parameter count
     ``r (m + n) + floor(delta m n) (+ m)``.
     """
+
+    manifest_fields = (positive("in_features"), positive("out_features"), positive("rank"),
+                       optional("density", 0.03, float), optional("alpha", 32.0, float),
+                       optional("seed", 0, int), optional("name", "", str), BIAS, DTYPE)
 
     def __init__(self, in_features: int, out_features: int, rank: int, density: float = 0.03,
                  alpha: float = 32.0, bias: bool = True, seed: int = 0, name: str = "",
@@ -110,7 +116,7 @@ class SparseLowRankLinear(nn.Module):
         return _SparseLowRankFn.apply(x, self.B, self.A, self.values, self.indices, self.bias,
                                       self.scale)
 
-    def weight_product(self) -> torch.Tensor:
+    def dense_weight(self) -> torch.Tensor:
         """The represented dense weight (out x in)."""
         return _dense(self.B, self.A, self.values, self.indices, self.scale)
 
@@ -138,36 +144,6 @@ class SparseLowRankLinear(nn.Module):
             if linear.bias is not None:
                 layer.bias.copy_(linear.bias)
         return layer
-
-    def to_linear(self) -> nn.Linear:
-        """Dense ``nn.Linear`` with the represented weight (computed in float64)."""
-        dense = nn.Linear(self.in_features, self.out_features, self.bias is not None,
-                          device=self.A.device, dtype=self.A.dtype)
-        with torch.no_grad():
-            w = _dense(self.B.double(), self.A.double(), self.values.double(), self.indices,
-                       self.scale)
-            dense.weight.copy_(w.to(self.A.dtype))
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
-
-    def num_parameters(self) -> int:
-        return (self.rank * (self.in_features + self.out_features) + self.values.numel()
-                + (self.out_features if self.bias is not None else 0))
-
-    def manifest_entry(self) -> dict:
-        return {"in_features": self.in_features, "out_features": self.out_features,
-                "rank": self.rank, "density": self.density, "alpha": self.alpha,
-                "seed": self.seed, "name": self.name, "bias": self.bias is not None,
-                "dtype": dtype_name(self.A.dtype)}
-
-    @classmethod
-    def from_manifest_entry(cls, entry: dict) -> SparseLowRankLinear:
-        return cls(positive_int(entry, "in_features"), positive_int(entry, "out_features"),
-                   positive_int(entry, "rank"), float(entry.get("density", 0.03)),
-                   float(entry.get("alpha", 32.0)), bool(entry.get("bias", True)),
-                   int(entry.get("seed", 0)), str(entry.get("name", "")),
-                   dtype=parse_dtype(entry.get("dtype", "float32")))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

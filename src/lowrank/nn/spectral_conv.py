@@ -68,6 +68,10 @@ class FactorizedSpectralConv2d(nn.Module):
     ``rank``: a float is the fraction of the dense weight's parameters to use (ranks chosen
     proportionally to the modes: TFNO's convention); otherwise Tucker takes 4 ranks, CP one
     int, TT 3 inner ranks. The input is contracted with the factors directly.
+
+    Not a :class:`~lowrank.nn.StructuredLayer`: its weight lives in Fourier space and acts on
+    whatever grid the input has, so no ``nn.Conv2d`` / ``nn.Linear`` of fixed size computes
+    the same map; :meth:`dense_weight` is the dense complex weight itself.
     """
 
     def __init__(self, in_channels: int, out_channels: int, modes: tuple[int, int],
@@ -133,8 +137,8 @@ class FactorizedSpectralConv2d(nn.Module):
             return [c(self.weights), *(c(f) for f in self.factors)]
         return [c(g) for g in self.cores]
 
-    def reconstruct(self) -> torch.Tensor:
-        """The dense complex weight ``(in, out, m1, m2)``."""
+    def dense_weight(self) -> torch.Tensor:
+        """The dense complex weight ``(in, out, m1, m2)`` the factors represent."""
         ops = self._operands()
         eq = _EQ[self.factorization].replace("zixy,", "").replace("->zoxy", "->ioxy")
         return torch.einsum(eq, *ops) if self.factorization != "dense" else ops[0]
@@ -152,7 +156,7 @@ class FactorizedSpectralConv2d(nn.Module):
         x_ft = torch.fft.rfft2(x, norm=self.fft_norm)
         low = self._low_modes(x_ft)
         if reconstructed:
-            y = torch.einsum("zixy,ioxy->zoxy", low, self.reconstruct())
+            y = torch.einsum("zixy,ioxy->zoxy", low, self.dense_weight())
         else:
             y = torch.einsum(_EQ[self.factorization], low, *self._operands())
         out = torch.zeros(x.shape[0], self.out_channels, height, width // 2 + 1,

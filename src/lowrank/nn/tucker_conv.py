@@ -14,15 +14,13 @@ import math
 import torch
 from torch import nn
 
-from .kinds import dtype_name, parse_dtype, positive_int, register_module_kind
+from .kinds import register_module_kind
+from .manifest import BIAS, DTYPE, pair, positive
+from .protocol import StructuredConv2d
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
-def conv_params(conv: nn.Conv2d) -> int:
-    return conv.weight.numel() + (conv.bias.numel() if conv.bias is not None else 0)
 
 
 def check_plain_conv(conv: nn.Module, what: str) -> None:
@@ -51,9 +49,13 @@ def tucker2_ranks(in_channels: int, out_channels: int, kernel: tuple[int, int],
 
 
 @register_module_kind
-class Tucker2Conv2d(nn.Module):
+class Tucker2Conv2d(StructuredConv2d):
     """Conv2d ``in -> out`` through channel ranks ``(rank_in, rank_out)``; trainable from
     scratch (a priori) or built from a trained convolution by :meth:`from_conv`."""
+
+    manifest_fields = (positive("in_channels"), positive("out_channels"), pair("kernel_size"),
+                       positive("rank_in"), positive("rank_out"), pair("stride"),
+                       pair("padding", zero=True), pair("dilation"), BIAS, DTYPE)
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  rank_in: int, rank_out: int, stride: int | tuple[int, int] = 1,
@@ -105,28 +107,14 @@ class Tucker2Conv2d(nn.Module):
                 layer.last.bias.copy_(conv.bias)
         return layer
 
-    def weight_product(self) -> torch.Tensor:
+    def dense_weight(self) -> torch.Tensor:
         """The represented dense kernel ``(out, in, k_h, k_w)``."""
         return torch.einsum("rsij,or,sc->ocij", self.core.weight, self.last.weight[:, :, 0, 0],
                             self.first.weight[:, :, 0, 0])
 
-    def to_conv(self) -> nn.Conv2d:
-        """Export as one dense ``nn.Conv2d`` (kernel composed in float64)."""
-        w = self.core.weight
-        dense = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
-                          self.padding, self.dilation, bias=self.last.bias is not None,
-                          device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            kern = torch.einsum("rsij,or,sc->ocij", w.double(),
-                                self.last.weight[:, :, 0, 0].double(),
-                                self.first.weight[:, :, 0, 0].double())
-            dense.weight.copy_(kern.to(w.dtype))
-            if self.last.bias is not None:
-                dense.bias.copy_(self.last.bias)
-        return dense
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.last.bias
 
     def flops(self, height: int, width: int) -> int:
         """Multiply-adds x 2 for one input image of ``height x width``."""
@@ -137,37 +125,10 @@ class Tucker2Conv2d(nn.Module):
                     + oh * ow * self.rank_in * self.rank_out * kh * kw
                     + oh * ow * self.rank_out * self.out_channels)
 
-    def manifest_entry(self) -> dict:
-        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
-                "kernel_size": list(self.kernel_size), "rank_in": self.rank_in,
-                "rank_out": self.rank_out, "stride": list(self.stride),
-                "padding": list(self.padding), "dilation": list(self.dilation),
-                "bias": self.last.bias is not None, "dtype": dtype_name(self.core.weight.dtype)}
-
-    @classmethod
-    def from_manifest_entry(cls, entry: dict) -> Tucker2Conv2d:
-        return cls(positive_int(entry, "in_channels"), positive_int(entry, "out_channels"),
-                   pair_entry(entry, "kernel_size"), positive_int(entry, "rank_in"),
-                   positive_int(entry, "rank_out"), pair_entry(entry, "stride"),
-                   pair_entry(entry, "padding", zero=True), pair_entry(entry, "dilation"),
-                   bias=bool(entry.get("bias", True)),
-                   dtype=parse_dtype(entry.get("dtype", "float32")))
-
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"ranks=({self.rank_in}, {self.rank_out}), stride={self.stride}, "
                 f"padding={self.padding}")
-
-
-def pair_entry(entry: dict, key: str, zero: bool = False) -> tuple[int, int]:
-    value = entry.get(key)
-    ok = isinstance(value, list) and len(value) == 2 and all(
-        isinstance(v, int) and not isinstance(v, bool) and (v >= 0 if zero else v > 0)
-        for v in value)
-    if not ok:
-        raise ValueError(f"'{key}' must be a list of two {'non-negative' if zero else 'positive'}"
-                         f" integers, got {value!r}")
-    return value[0], value[1]
 
 
 def _tucker2(w: torch.Tensor, r_in: int, r_out: int, n_iter: int

@@ -16,7 +16,9 @@ import math
 import torch
 from torch import nn
 
-from .kinds import dtype_name, parse_dtype, positive_int, register_module_kind
+from .kinds import register_module_kind
+from .manifest import BIAS, DTYPE, optional, positive
+from .protocol import StructuredLinear
 from .sparse_dict import index_dtype
 
 
@@ -62,7 +64,7 @@ def unpack_codes(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
 
 
 @register_module_kind
-class VQLinear(nn.Module):
+class VQLinear(StructuredLinear):
     """Parameters ``centroids`` (k x d), ``basis`` (m x d), ``mean`` (m) and ``bias``;
     buffer ``codes`` (the N codes bit-packed at ``ceil(log2 k)`` bits, as ``uint8``).
     ``in_features`` must be a multiple of ``m``.
@@ -70,6 +72,10 @@ class VQLinear(nn.Module):
     ``packed=False`` builds the earlier layout (one code per element of the smallest integer
     type holding it), kept so that models saved with it still load.
     """
+
+    manifest_fields = (positive("in_features"), positive("out_features"), positive("codebook"),
+                       positive("subvector"), positive("dim"), BIAS, DTYPE,
+                       optional("packed", False, bool))  # entries before packing: False
 
     def __init__(self, in_features: int, out_features: int, codebook: int, subvector: int,
                  dim: int, bias: bool = True, device: torch.device | str | None = None,
@@ -129,19 +135,8 @@ class VQLinear(nn.Module):
         book = self.mean + self.centroids @ self.basis.T  # (k, m): decoded codebook
         return book[self.code_indices()].reshape(self.out_features, self.in_features)
 
-    weight_product = dense_weight
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(x, self.dense_weight(), self.bias)
-
-    def to_linear(self) -> nn.Linear:
-        dense = nn.Linear(self.in_features, self.out_features, self.bias is not None,
-                          device=self.centroids.device, dtype=self.centroids.dtype)
-        with torch.no_grad():
-            dense.weight.copy_(self.dense_weight())
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
 
     def code_bits(self) -> int:
         """Bits per code in the information-theoretic count, ``ceil(log2 k)`` (at least 1)."""
@@ -159,28 +154,11 @@ class VQLinear(nn.Module):
     def bits_per_weight(self, value_bits: int | None = None) -> float:
         return self.storage_bits(value_bits) / (self.out_features * self.in_features)
 
-    def packed_parameters(self) -> int:
-        """Weights encoded beyond the stored floating tensors, so that
-        :func:`lowrank.nn.count_parameters` counts ``out * in`` (+ bias) as for a dense layer
-        (quantization keeps the parameter count; the bytes shrink)."""
-        return max(0, self.out_features * self.in_features - self._values())
-
-    def num_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.parameters(), *self.buffers()))
-
-    def manifest_entry(self) -> dict:
-        return {"in_features": self.in_features, "out_features": self.out_features,
-                "codebook": self.codebook, "subvector": self.subvector, "dim": self.dim,
-                "bias": self.bias is not None, "dtype": dtype_name(self.centroids.dtype),
-                "packed": self.packed}
-
-    @classmethod
-    def from_manifest_entry(cls, entry: dict) -> VQLinear:
-        return cls(positive_int(entry, "in_features"), positive_int(entry, "out_features"),
-                   positive_int(entry, "codebook"), positive_int(entry, "subvector"),
-                   positive_int(entry, "dim"), bias=bool(entry.get("bias", True)),
-                   dtype=parse_dtype(entry.get("dtype", "float32")),
-                   packed=bool(entry.get("packed", False)))  # entries before packing: False
+    def num_parameters(self) -> int:
+        """``out * in`` (+ bias), as for a dense layer: quantization keeps the parameter count
+        and shrinks the bytes (at least the stored floating values, for tiny layers)."""
+        return max(self.out_features * self.in_features, self._values()) + (
+            self.out_features if self.bias is not None else 0)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

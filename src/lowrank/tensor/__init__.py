@@ -1,7 +1,13 @@
-"""Tensor decompositions (Tucker, CP, TT, TT-matrix), masked completion, functional Tucker
-(FunBaT) and Chebyshev-Tucker. tensorly is needed (optional extra ``lowrank[tensor]``) and
-imported lazily; its global backend is never changed."""
+"""Tensor decompositions: Tucker, CP, TT and TT-matrix (``decomp``), masked completion
+(``completion``), functional Tucker (FunBaT, ``funbat``) and Chebyshev-Tucker interpolation
+(``chebyshev``); decompositions come back in the input's array type (numpy or torch).
 
+tensorly is needed (optional extra ``lowrank[tensor]``) and imported lazily; its global backend is
+never changed. The scikit-learn transformers (``Tucker``, ``CP``, ``TT``) load lazily and need
+scikit-learn.
+"""
+
+from ..utils.lazy import lazy_attributes
 from .chebyshev import ChebyshevTucker
 from .completion import complete_cp, complete_tucker
 from .decomp import (
@@ -15,8 +21,11 @@ from .decomp import (
     tt_matrix,
     tucker,
 )
-from .estimators import CP, TT, Tucker
 from .funbat import FunctionalTucker
+
+__getattr__ = lazy_attributes(
+    __name__, {name: f".estimators:{name}" for name in ("CP", "TT", "Tucker")},
+    requires="scikit-learn (pip install scikit-learn)")
 
 __all__ = [
     "CP",

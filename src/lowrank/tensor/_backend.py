@@ -7,9 +7,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
-import torch
-
 from ..errors import LowRankError
 
 
@@ -29,28 +26,3 @@ def scoped(backend: str = "numpy") -> Iterator[Any]:
     tl = tensorly()
     with tl.backend.backend_context(backend, local_threadsafe=True):
         yield tl
-
-
-def as_numpy(x: Any, name: str = "tensor") -> np.ndarray:
-    """float64 numpy copy of an array-like (numpy, torch, nested lists)."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu()
-        if x.is_complex():
-            return x.numpy().astype(np.complex128)
-        return x.to(torch.float64).numpy()
-    try:
-        arr = np.asarray(x)
-    except Exception as exc:
-        raise LowRankError(f"{name} must be an array (numpy or torch), got "
-                           f"{type(x).__name__}") from exc
-    if arr.dtype.kind not in "biufc":
-        raise LowRankError(f"{name} must hold numbers, got dtype {arr.dtype}")
-    return arr.astype(np.complex128 if arr.dtype.kind == "c" else np.float64)
-
-
-def like(arr: np.ndarray, ref: Any) -> Any:
-    """``arr`` as a torch tensor (ref's dtype/device) when ``ref`` is one, else numpy."""
-    if isinstance(ref, torch.Tensor):
-        dtype = ref.dtype if ref.is_floating_point() or ref.is_complex() else torch.float64
-        return torch.as_tensor(np.ascontiguousarray(arr)).to(dtype=dtype, device=ref.device)
-    return arr

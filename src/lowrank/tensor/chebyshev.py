@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, LowRankError
+from ..linalg.arrays import einsum, mode_dot
 from ..utils.checks import check_finite, check_finite_values, check_int, check_real
-from .decomp import TuckerTensor, einsum, mode_dot, mode_ranks, tucker
+from .decomp import TuckerTensor, mode_ranks, tucker
 
 __all__ = ["ChebyshevTucker", "chebyshev_nodes"]
 

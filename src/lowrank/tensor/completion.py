@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from ..errors import LowRankError
+from ..linalg.arrays import as_numpy, mode_dot
 from ..utils.checks import check_finite, check_finite_values, check_int, check_real
-from ._backend import as_numpy
 from .decomp import CPTensor, TuckerTensor, _convert, _tucker_rank, check_cp_rank
 
 __all__ = ["complete_cp", "complete_tucker"]
@@ -135,7 +135,7 @@ def complete_tucker(x: Any, mask: Any, rank: int | Sequence[int], *, n_iter: int
     factors = [_leading(_unfold(dense / p, k), ranks[k], gen) for k in range(n)]
     core = dense / p
     for k, f in enumerate(factors):
-        core = torch.movedim(torch.tensordot(f.T, core.movedim(k, 0), dims=1), 0, k)
+        core = mode_dot(core, f.T, k)
     core_letters = _L[:n]
     ynorm = float(y.norm()) or 1.0
     prev = math.inf
@@ -156,7 +156,7 @@ def complete_tucker(x: Any, mask: Any, rank: int | Sequence[int], *, n_iter: int
         for k in range(n):  # orthonormalise, absorb R into the core
             q, r = torch.linalg.qr(factors[k])
             factors[k] = q
-            core = torch.movedim(torch.tensordot(r, core.movedim(k, 0), dims=1), 0, k)
+            core = mode_dot(core, r, k)
         err = float((_fit_tucker(core, factors, idx) - y).norm()) / ynorm
         if err < tol or abs(prev - err) <= 1e-7 * err:  # converged or stagnated
             break

@@ -16,35 +16,21 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError, LowRankError
+from ..linalg.arrays import ArrayType, as_numpy, einsum, kron_matvec
 from ..utils.checks import check_finite, check_finite_values, check_int, check_real
-from ._backend import as_numpy, like, scoped
+from ._backend import scoped
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
-__all__ = ["CPTensor", "TTMatrix", "TTTensor", "TuckerTensor", "cp", "einsum", "mode_dot",
-           "relative_error", "tt", "tt_matrix", "tucker"]
-
-
-def einsum(eq: str, *ops: Any) -> Any:
-    """``einsum`` on numpy arrays or torch tensors (torch when any operand is one)."""
-    if any(isinstance(o, torch.Tensor) for o in ops):
-        return torch.einsum(eq, *[torch.as_tensor(o) for o in ops])
-    return np.einsum(eq, *ops, optimize=True)
-
-
-def mode_dot(x: Any, matrix: Any, mode: int) -> Any:
-    """Mode-``mode`` product ``x ×_mode matrix`` (``matrix`` is new_size x old_size)."""
-    n = x.ndim
-    src = _LETTERS[:n]
-    out = src[:mode] + "Z" + src[mode + 1:]
-    return einsum(f"Z{src[mode]},{src}->{out}", matrix, x)
+__all__ = ["CPTensor", "TTMatrix", "TTTensor", "TuckerTensor", "cp", "relative_error", "tt",
+           "tt_matrix", "tucker"]
 
 
 def _norm(x: Any) -> float:
@@ -87,10 +73,7 @@ class TuckerTensor:
         return tuple(int(f.shape[1]) for f in self.factors)
 
     def to_dense(self) -> Any:
-        x = self.core
-        for n, u in enumerate(self.factors):
-            x = mode_dot(x, u, n)
-        return x
+        return kron_matvec(self.factors, self.core)
 
     def num_parameters(self) -> int:
         return int(math.prod(self.rank)) + sum(int(f.shape[0] * f.shape[1]) for f in self.factors)
@@ -250,6 +233,9 @@ class TTMatrix:
         return cls([np.asarray(c) for c in obj], rel_error)
 
 
+Decomposition = TypeVar("Decomposition", TuckerTensor, CPTensor, TTTensor, TTMatrix)
+
+
 def _check_tensor(x: Any, min_ndim: int = 2) -> np.ndarray:
     arr = as_numpy(x, "x")
     if arr.ndim < min_ndim:
@@ -348,15 +334,16 @@ def tucker(x: Any, rank: int | Sequence[int], *, n_iter_max: int = 100, tol: flo
     return _convert(out, x)
 
 
-def _convert(dec: Any, ref: Any) -> Any:
-    if not isinstance(ref, torch.Tensor):
-        return dec
-    for name in ("core", "weights"):
-        if hasattr(dec, name):
-            setattr(dec, name, like(getattr(dec, name), ref))
-    for name in ("factors", "cores"):
-        if hasattr(dec, name):
-            setattr(dec, name, [like(f, ref) for f in getattr(dec, name)])
+def _convert(dec: Decomposition, ref: Any) -> Decomposition:
+    """``dec`` with its arrays in the array type of the input ``ref`` (numpy or torch, its
+    dtype and device); ``rel_error`` stays a float."""
+    out = ArrayType.of(ref)
+    for f in fields(dec):
+        value = getattr(dec, f.name)
+        if isinstance(value, list):
+            setattr(dec, f.name, [out.restore(v) for v in value])
+        elif isinstance(value, (np.ndarray, torch.Tensor)):
+            setattr(dec, f.name, out.restore(value))
     return dec
 
 

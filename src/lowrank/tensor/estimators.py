@@ -1,4 +1,4 @@
-"""scikit-learn-style estimators over :mod:`lowrank.tensor.decomp`.
+"""scikit-learn transformers over :mod:`lowrank.tensor.decomp` (needs scikit-learn).
 
 Mode 0 holds the samples: ``fit_transform(X)`` returns the mode-0 factor (one row per sample)
 and ``transform(X_new)`` solves for the rows of new samples against the learned other modes,
@@ -12,10 +12,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
 
 from ..errors import LowRankError
+from ..linalg.arrays import as_numpy
 from ..utils.checks import check_finite_values, check_real
-from ._backend import as_numpy
 from .decomp import CPTensor, TTTensor, TuckerTensor, cp, tt, tucker
 
 __all__ = ["CP", "TT", "Tucker"]
@@ -29,10 +32,10 @@ def _real(x: Any, name: str) -> np.ndarray:
     return arr
 
 
-class _TensorEstimator(ABC):
+class _TensorEstimator(TransformerMixin, BaseEstimator, ABC):
     """Shared fit/transform of the Tucker, CP and TT estimators; each subclass says how to
     decompose (``_fit``), which mode-0 rows it learns (``_mode0``) and the basis they multiply
-    (``_rest``)."""
+    (``_rest``). Parameters are the ``__init__`` arguments (scikit-learn's ``get_params``)."""
 
     decomposition_: Any
 
@@ -55,8 +58,11 @@ class _TensorEstimator(ABC):
         return self
 
     def _check(self) -> None:
-        if not hasattr(self, "decomposition_"):
-            raise LowRankError(f"{type(self).__name__} is not fitted: call fit(X) first")
+        try:
+            check_is_fitted(self, "decomposition_")
+        except NotFittedError as exc:
+            raise LowRankError(f"{type(self).__name__} is not fitted: call fit(X) "
+                               "first") from exc
 
     def transform(self, x: Any) -> np.ndarray:
         """Least-squares mode-0 rows of ``x`` (samples x the other modes) on the learned basis."""
@@ -80,26 +86,12 @@ class _TensorEstimator(ABC):
     def _mode0(self) -> np.ndarray:
         """The learned mode-0 rows of the fitted tensor."""
 
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return dict(self._params)
-
-    def set_params(self, **params: Any) -> _TensorEstimator:
-        for k, v in params.items():
-            if k not in self._params:
-                raise LowRankError(f"unknown parameter {k!r} for {type(self).__name__}: "
-                                   f"expected one of {sorted(self._params)}")
-            self._params[k] = v
-            setattr(self, k, v)
-        return self
-
 
 class Tucker(_TensorEstimator):
     """Tucker (HOOI) estimator: ``core_``, ``factors_``, ``rel_error_``, ``components_``."""
 
     def __init__(self, rank: int | Sequence[int], *, n_iter_max: int = 100, tol: float = 1e-4,
                  svd: str = "auto", random_state: int | None = 0) -> None:
-        self._params = {"rank": rank, "n_iter_max": n_iter_max, "tol": tol, "svd": svd,
-                        "random_state": random_state}
         self.rank, self.n_iter_max, self.tol = rank, n_iter_max, tol
         self.svd, self.random_state = svd, random_state
 
@@ -124,8 +116,6 @@ class CP(_TensorEstimator):
 
     def __init__(self, rank: int, *, n_iter_max: int = 100, tol: float = 1e-8,
                  init: str = "random", n_restarts: int = 3, random_state: int | None = 0) -> None:
-        self._params = {"rank": rank, "n_iter_max": n_iter_max, "tol": tol, "init": init,
-                        "n_restarts": n_restarts, "random_state": random_state}
         self.rank, self.n_iter_max, self.tol, self.init = rank, n_iter_max, tol, init
         self.n_restarts, self.random_state = n_restarts, random_state
 
@@ -149,7 +139,6 @@ class TT(_TensorEstimator):
 
     def __init__(self, rank: int | Sequence[int], *, svd: str = "auto",
                  random_state: int | None = 0) -> None:
-        self._params = {"rank": rank, "svd": svd, "random_state": random_state}
         self.rank, self.svd, self.random_state = rank, svd, random_state
 
     def _fit(self, x: np.ndarray) -> TTTensor:

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, LowRankError
+from ..linalg.arrays import as_numpy
 from ..utils.checks import check_finite, check_finite_values, check_int, check_real
-from ._backend import as_numpy
 from .decomp import mode_ranks
 
 __all__ = ["FunctionalTucker", "state_space_posterior"]
