@@ -13,13 +13,13 @@ the installed packages (another domain).
 
 Calibration statistics are collected once per model and shared by all runs; methods with a
 refit stage or the sensitivity allocator also get the calibration passages. ``default`` is
-what ``lowrank compress`` runs without ``--method`` (``lowrank.workflow.DEFAULT_METHOD`` and
-``DEFAULT_OPTIONS``). Methods: registry names, ``name+field`` (boolean) or
-``name+field=value`` (JSON value), e.g. ``svdllm+alloc=sensitivity``, ``svdllm+mode=sequential``.
-LR²VQ keeps every parameter and spends a byte budget instead: at each keep of the sweep it
-gets ``bytes_fraction=keep`` (the bytes uniform SVD-LLM stores at that keep). A method given
-its own budget (``lr2vq+bits=2``: bits per weight) runs without the sweep's keep and reports
-keep "-". Parameters and bytes are whole-model counts after compression.
+what ``lowrank compress`` runs without ``--method`` (``lowrank.defaults.default_config``:
+``DEFAULT_METHOD`` with ``DEFAULT_OPTIONS``). Methods: registry names, ``name+field``
+(boolean) or ``name+field=value`` (JSON value), e.g. ``svdllm+alloc=sensitivity``,
+``svdllm+mode=sequential``. LR²VQ keeps every parameter and spends a byte budget instead: at
+each keep of the sweep it gets ``bytes_fraction=keep`` (the bytes uniform SVD-LLM stores at
+that keep). A method given its own budget (``lr2vq+bits=2``: bits per weight) runs without the
+sweep's keep and reports keep "-". Parameters and bytes are whole-model counts after compression.
 ``--combine a.json b.json ...`` renders the rows of earlier runs into one table at ``--out``.
 """
 
@@ -36,9 +36,9 @@ from common import RESULTS, write_results  # benchmarks/common.py (run as script
 
 import lowrank as lr
 from lowrank.calib import read_texts, tokenize
+from lowrank.defaults import default_config, describe_config, fit_default, make_config
 from lowrank.eval import Evaluator
 from lowrank.models import load_model
-from lowrank.workflow import DEFAULT_METHOD, DEFAULT_OPTIONS, describe_config, make_config
 
 LLAMA_DIR = RESULTS / "compress_llama"
 #: The pretraining benchmark's AdamW recipe, trained longer (its 100-step model is so close to
@@ -145,12 +145,7 @@ def _train_llama() -> None:
 
 def _config(method: str, keep: float, model) -> lr.CompressionConfig:
     if method == "default":
-        from lowrank.workflow import _table_compressible
-
-        options = dict(DEFAULT_OPTIONS)
-        if not _table_compressible(model):
-            options["embeddings"] = False
-        return make_config(DEFAULT_METHOD, keep=keep, **options)
+        return fit_default(default_config(vision=False, keep=keep), model)
     name, fields = _spec(method)
     if OWN_BUDGET & set(fields):  # a method with its own budget (lr2vq+bits=2): no keep
         return make_config(name, **fields)

@@ -16,7 +16,8 @@ delta 0.03, alpha 32. LOST: r = rank, channel sparsity 0.05, gamma 0.5. Low-rank
 rank matched to
 SLTrain's parameter count. Learning-rate sweep (best validation perplexity is reported):
 AdamW {1e-3, 3e-3, 1e-2}; SLTrain / LOST / low-rank {3e-3, 1e-2}; GaLore-svd {5e-3, 1e-2};
-GaLore-rsvd, -dct and the galore-torch reference reuse GaLore-svd's best learning rate.
+GaLore-rsvd, -dct and the galore-torch reference (``galore_reference.py``; needs
+``pip install galore-torch``) reuse GaLore-svd's best learning rate.
 """
 
 from __future__ import annotations
@@ -26,13 +27,15 @@ import math
 import time
 
 from common import RESULTS, write_results  # benchmarks/common.py (run as scripts)
+from galore_reference import METHOD as REFERENCE
+from galore_reference import available, pretrain_reference
 
 from lowrank.models.byte_tokenizer import byte_level_tokenizer
 from lowrank.optim.pretrain import PretrainConfig, pretrain, text_data
 
 SWEEP = {"adamw": [1e-3, 3e-3, 1e-2], "galore": [5e-3, 1e-2], "sltrain": [3e-3, 1e-2],
          "lost": [3e-3, 1e-2], "lowrank": [3e-3, 1e-2]}
-FOLLOW = {"galore-rsvd": "galore", "galore-dct": "galore", "galore-torch": "galore"}
+FOLLOW = {"galore-rsvd": "galore", "galore-dct": "galore", REFERENCE: "galore"}
 LABEL = {"adamw": "AdamW", "galore": "GaLore svd (ours)", "galore-rsvd": "GaLore rsvd (ours)",
          "galore-dct": "GaLore dct (ours)", "galore-torch": "galore-torch (reference, svd)",
          "sltrain": "SLTrain", "lost": "LOST", "lowrank": "pure low-rank (matched params)"}
@@ -51,6 +54,8 @@ def main() -> None:
     parser.add_argument("--intermediate", type=int, default=688)
     parser.add_argument("--rank", type=int, default=None, help="default: hidden / 4")
     args = parser.parse_args()
+    if not available():
+        parser.error(f"the {REFERENCE} row needs the reference package: pip install galore-torch")
     shape = {"hidden": args.hidden, "layers": args.layers, "heads": args.heads,
              "kv_heads": args.kv_heads, "intermediate": args.intermediate,
              "rank": args.rank or args.hidden // 4}
@@ -69,8 +74,9 @@ def main() -> None:
             runs.setdefault(method, []).append(res)
     best = {m: min(rs, key=lambda r: r.val_loss) for m, rs in runs.items()}
     for method, leader in FOLLOW.items():
-        res = pretrain(PretrainConfig(method=method, steps=steps, lr=best[leader].config["lr"],
-                                      batch_size=args.batch_size, **shape), data)
+        cfg = PretrainConfig(method=leader if method == REFERENCE else method, steps=steps,
+                             lr=best[leader].config["lr"], batch_size=args.batch_size, **shape)
+        res = pretrain_reference(cfg, data) if method == REFERENCE else pretrain(cfg, data)
         print(f"{method} lr={res.config['lr']:g}: val ppl {res.val_ppl:.3f}", flush=True)
         runs[method] = [res]
         best[method] = res

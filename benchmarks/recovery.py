@@ -23,10 +23,10 @@ from common import RESULTS, write_results  # benchmarks/common.py (run as script
 
 import lowrank as lr
 from lowrank.calib import read_texts, tokenize
+from lowrank.defaults import DEFAULT_METHOD, DEFAULT_OPTIONS, describe_config, make_config
 from lowrank.eval import Evaluator
 from lowrank.finetune import RecoveryConfig, embedding_gap, recover
 from lowrank.models import load_model
-from lowrank.workflow import DEFAULT_METHOD, DEFAULT_OPTIONS, describe_config, make_config
 
 TARGET_GAP = 0.03
 

@@ -51,7 +51,7 @@ def test_each_package_owns_its_registry():
 
 
 def test_configs_declare_what_they_select_and_need():
-    from lowrank.targets import CONV, LINEAR
+    from lowrank.surgery import CONV, LINEAR
 
     assert lr.SVD().selects is LINEAR and lr.ConvFactorize().selects is CONV
     assert lr.SVD().needs == frozenset() and lr.SVD().allocator.name == "uniform"

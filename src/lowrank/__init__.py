@@ -3,6 +3,12 @@
 >>> import lowrank as lr
 >>> result = lr.compress(model, lr.SVDLLM(keep=0.8), data=texts, tokenizer=tok)
 >>> lr.save(model, "out/"); model = lr.load("out/")
+
+The top level re-exports the compression API (:mod:`lowrank.api`: ``compress``, ``calibrate``,
+``to_dense``), the method configs and :data:`METHODS` of :mod:`lowrank.compress`, the
+allocators' :data:`ALLOCATORS`, ``save`` / ``load`` and :class:`LowRankLinear`; ``adapt`` and
+``optim`` are imported with it; ``tensor``, ``matrix`` and ``science`` load on first use. The
+layers and what may import what: README, "Architecture".
 """
 
 from . import adapt, optim

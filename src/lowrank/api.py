@@ -11,12 +11,12 @@ from torch import nn
 
 from .calib.data import TextSource, TokenizedText, read_texts, tokenize
 from .calib.stats import CalibrationStats, collect_statistics
-from .compress.base import Calibration, CompressionConfig, output_error, replace_module
+from .compress.base import Calibration, CompressionConfig, output_error
 from .compress.result import CompressResult
 from .errors import ConfigError, DataError, LowRankError
 from .models.loading import is_causal_lm
 from .nn import StructuredLayer, count_bytes, count_parameters
-from .targets import LINEAR
+from .surgery import LINEAR, replace_module
 
 MANIFEST_ATTR = "lowrank_manifest"
 

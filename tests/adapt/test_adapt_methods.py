@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 import lowrank.adapt as la
-from lowrank.errors import ConfigError, LowRankError, ModelFileError
+from lowrank.errors import ConfigError, LowRankError, ModelFileError, TargetError
+from lowrank.surgery import LINEAR, LINEAR_OR_CONV
 
 TARGETS = ["query", "value"]
 
@@ -175,6 +176,18 @@ def test_flora_conv_grouped_matches_dense_conv(groups):
     ref = nn.functional.conv2d(x, conv.weight + lay.delta_weight(), conv.bias, padding=1,
                                groups=groups)
     torch.testing.assert_close(model(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_adapters_select_with_the_shared_grammar():
+    """Adapters select through lowrank.surgery: FLoRA declares linear-or-conv layers, the
+    others linear layers; 're:' patterns are checked for every adapter."""
+    assert la.FLoRA.selects is LINEAR_OR_CONV and la.LoRA.selects is LINEAR
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4, 2))
+    assert la.apply(copy.deepcopy(model), la.FLoRA(rank=1)) == ["0", "2"]
+    assert la.apply(copy.deepcopy(model), la.LoRA(rank=1)) == ["2"]
+    for config in (la.FLoRA(rank=1, targets=["re:(["]), la.LoRA(rank=1, targets=["re:(["])):
+        with pytest.raises(TargetError, match="invalid regular expression"):
+            la.apply(copy.deepcopy(model), config)
 
 
 def test_tlora_is_transform_plus_residual_and_lora_when_t_is_identity(tiny_bert):

@@ -8,8 +8,15 @@ import pytest
 import torch
 
 from lowrank import SVDLLM
-from lowrank.alloc import ALLOCATORS, BudgetItem, RankConstraints, total_cost
-from lowrank.alloc.budget import greedy_fill
+from lowrank.alloc import (
+    ALLOCATORS,
+    BudgetItem,
+    Menu,
+    OutputErrorAllocator,
+    RankConstraints,
+    total_cost,
+)
+from lowrank.alloc.budget import greedy_choice, greedy_fill
 from lowrank.errors import ConfigError
 
 NAMES = ["uniform", "energy", "welore", "svdllm-v2", "sensitivity", "sensitivity-sqrt"]
@@ -176,6 +183,36 @@ def test_greedy_fill_steps_by_align_and_can_finish_dense():
     # one of the two dense steps (1024 parameters each) fits
     ranks = greedy_fill(items, {"a": 24, "b": 24}, 64 * 64 + 24 * 128, lambda it, k: -k, c)
     assert ranks == {"a": None, "b": 24}
+
+
+def test_greedy_choice_takes_the_best_gain_per_cost_that_fits():
+    # item options: (cost, error); moves to any costlier option with less error
+    menus = [[(0, 10.0), (4, 2.0), (10, 0.0)], [(0, 5.0), (2, 1.0)], [(0, 1.0), (8, 0.5)]]
+
+    def moves(i, level, remaining):
+        c0, e0 = menus[i][level]
+        return [(j, c - c0, (e0 - e) / (c - c0)) for j, (c, e) in enumerate(menus[i])
+                if j > level and c - c0 <= remaining and e < e0]
+
+    levels = [0, 0, 0]
+    # item 0 (cost 4) and item 1 (cost 2) both gain 2.0 per unit: the first listed, item 0,
+    # goes first, then item 1, then item 0 again (6 more at 0.33); item 2 (8 at 0.0625)
+    # no longer fits
+    left = greedy_choice(levels, 12, moves)
+    assert levels == [2, 1, 0] and left == 0
+    levels = [0, 0, 0]
+    assert greedy_choice(levels, 5, moves) == 1 and levels == [1, 0, 0]
+    assert greedy_choice([0, 0, 0], 0, moves) == 0  # nothing fits
+
+
+def test_output_error_allocator_spends_the_budget_by_error_per_parameter():
+    menus = [Menu("a", 100, [10, 20, 40], [0.5, 0.1, 0.05]),
+             Menu("b", 100, [10, 30], [0.2, 0.0]),
+             Menu("c", 100, [10, 50], [0.3, 0.29])]
+    # budget 0.3 * 300 = 90: start 30; a -> 1 (0.04/param), b -> 1 (0.01), a -> 2 (0.0025)
+    assert OutputErrorAllocator().choose(menus, 0.3) == {"a": 2, "b": 1, "c": 0}
+    with pytest.raises(ConfigError, match="cheapest options"):
+        OutputErrorAllocator().choose(menus, 0.05)
 
 
 @pytest.mark.parametrize(("field", "value", "expected"), [

@@ -16,7 +16,7 @@ from lowrank.calib import (
     tokenize,
 )
 from lowrank.errors import DataError, ModelFileError
-from lowrank.targets import select_linears
+from lowrank.surgery import select_linears
 
 SEQ_LEN = 32
 

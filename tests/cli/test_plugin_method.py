@@ -15,9 +15,9 @@ from torch import nn
 
 import lowrank as lr
 from lowrank.compress import METHODS, Calibration, CompressionConfig, MethodOutcome
-from lowrank.compress.base import replace_module
 from lowrank.compress.result import ModuleReport
 from lowrank.nn import LowRankLinear
+from lowrank.surgery import replace_module
 
 
 @METHODS.register

@@ -9,8 +9,8 @@ import torch
 
 import lowrank
 from lowrank.compress.embedding import ties_input_embeddings
+from lowrank.defaults import describe_config, table_compressible
 from lowrank.nn import FactorizedEmbedding
-from lowrank.workflow import _table_compressible, describe_config
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +79,10 @@ def test_probe_measures_the_quality_metric(tiny_bert, tiny_llama, bert_tokens, t
 
 
 def test_default_configuration_drops_tied_tables(tiny_bert, tiny_llama):
-    assert _table_compressible(tiny_bert)
+    assert table_compressible(tiny_bert)
     tied = copy.deepcopy(tiny_llama)
     tied.lm_head.weight = tied.get_input_embeddings().weight
-    assert ties_input_embeddings(tied) and not _table_compressible(tied)
+    assert ties_input_embeddings(tied) and not table_compressible(tied)
     assert describe_config(lowrank.SVDLLM(keep=0.5)) == "svdllm"
     assert describe_config(lowrank.SVDLLM(alloc="sensitivity", embeddings=True)) == \
         "svdllm (alloc=sensitivity, embeddings=True)"

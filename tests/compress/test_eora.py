@@ -19,7 +19,7 @@ from lowrank.compress.quant import dequantize, quantize
 from lowrank.errors import ConfigError, DataError
 from lowrank.linalg import whitened_lowrank
 from lowrank.nn import QuantizedLinear, ResidualLowRankLinear
-from lowrank.targets import select_linears
+from lowrank.surgery import select_linears
 
 SEQ_LEN = 32
 

@@ -9,16 +9,10 @@ import pytest
 import torch
 
 import lowrank
-from lowrank.compress.lr2vq import (
-    LR2VQ,
-    channel_importance,
-    kmeans,
-    predicted_error,
-    storage_bytes,
-    subvector_spectrum,
-    vq_fit,
-)
+from lowrank.compress.lr2vq import LR2VQ, channel_importance, vq_fit
+from lowrank.compress.lr2vq_rate import predicted_error, storage_bytes, subvector_spectrum
 from lowrank.errors import ConfigError
+from lowrank.linalg.kmeans import kmeans
 from lowrank.nn.vq_linear import VQLinear
 
 #: Lloyd-Max distortion of a unit Gaussian with 4 and 16 levels (Max, 1960).

@@ -14,7 +14,7 @@ from lowrank import ASVD, FWSVD, SVD, SVDLLM, LowRankLinear
 from lowrank.calib import tokenize
 from lowrank.compress.base import CompressionConfig
 from lowrank.errors import ConfigError, DataError
-from lowrank.targets import select_linears
+from lowrank.surgery import select_linears
 
 SEQ_LEN = 32
 KEEP = 0.6

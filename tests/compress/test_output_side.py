@@ -23,7 +23,7 @@ from lowrank.compress.embedding import AffineBudgetItem, rank_for_keep
 from lowrank.errors import ConfigError, DataError
 from lowrank.io.checkpoint import MANIFEST
 from lowrank.nn import FactorizedEmbedding, LowRankLinear
-from lowrank.targets import select_linears
+from lowrank.surgery import select_linears
 
 SEQ_LEN = 32
 KEEP = 0.6

@@ -15,7 +15,7 @@ from lowrank.compress.prune import magnitude_mask, semi_structured_mask
 from lowrank.compress.quant import dequantize, quantize, quantize_linear
 from lowrank.errors import ConfigError
 from lowrank.nn import QuantizedLinear, count_bytes
-from lowrank.targets import select_linears
+from lowrank.surgery import select_linears
 
 
 def _forward(model: nn.Module, tokens) -> torch.Tensor:
@@ -100,7 +100,7 @@ def test_two_four_keeps_the_two_largest_of_every_four(rng):
     dropped_max = torch.where(~groups, mags, -torch.inf).amax(-1)
     assert bool((kept_min >= dropped_max).all())
     assert mask[0, :4].tolist() == [False, True, True, False]
-    with pytest.raises(ValueError, match="divisible by 4"):
+    with pytest.raises(ConfigError, match="divisible by 4"):
         semi_structured_mask(torch.randn(3, 6))
 
 
@@ -111,7 +111,7 @@ def test_unstructured_sparsity_is_exact(sparsity, rng):
     assert int((~mask).sum()) == round(sparsity * w.numel())
     if 0 < sparsity:
         assert float(w.abs()[mask].min()) >= float(w.abs()[~mask].max())
-    with pytest.raises(ValueError, match="sparsity"):
+    with pytest.raises(ConfigError, match="sparsity"):
         magnitude_mask(w, 1.0)
 
 

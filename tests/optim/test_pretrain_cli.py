@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from lowrank.cli.main import app
@@ -47,3 +50,28 @@ def test_every_method_trains_a_step(data):
 def test_bad_method_is_a_config_error():
     with pytest.raises(ConfigError, match="method must be one of"):
         PretrainConfig(method="lora")
+    with pytest.raises(ConfigError, match="method must be one of"):  # a benchmark row only
+        PretrainConfig(method="galore-torch")
+
+
+def test_an_optimizer_factory_replaces_the_methods_optimizer(data):
+    """The benchmark's reference optimizers come in through ``optimizer=``."""
+    built = []
+
+    def sgd(model, cfg):
+        built.append(torch.optim.SGD(model.parameters(), lr=cfg.lr))
+        return built[-1]
+
+    kw = {"steps": 2, "hidden": 32, "intermediate": 88, "layers": 1, "seq_len": 32,
+          "batch_size": 2, "rank": 8, "eval_batches": 1}
+    res = pretrain(PretrainConfig(method="galore", **kw), data, optimizer=sgd)
+    assert len(built) == 1 and len(res.losses) == 2
+    assert (res.optimizer_state_bytes, res.refresh_count, res.refresh_seconds) == (0, 0, 0.0)
+
+
+def test_the_core_import_leaves_pretraining_out():
+    script = ("import sys, lowrank, lowrank.optim; "
+              "assert 'lowrank.optim.pretrain' not in sys.modules, 'pretrain imported'")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

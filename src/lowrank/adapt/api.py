@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from ..errors import LowRankError
-from .base import AdapterConfig, AdapterLayer, replace_module, select_modules
+from ..surgery import replace_module
+from .base import AdapterConfig, AdapterLayer
 
 CONFIG_ATTR = "lowrank_adapter_config"
 
@@ -28,7 +28,7 @@ def apply(model: nn.Module, config: AdapterConfig) -> list[str]:
     if adapter_layers(model):
         raise LowRankError("the model already carries adapters: load a fresh base model, or "
                            "merge them and build a new model, before applying another")
-    selected = select_modules(model, config.targets, config.ignore, config.supports_conv)
+    selected = config.selects.select(model, config.targets, config.ignore)
     for p in model.parameters():
         p.requires_grad_(False)
     for name, module in selected.items():
@@ -69,9 +69,3 @@ def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 def num_trainable(model: nn.Module) -> int:
     """Total number of trainable adapter parameters."""
     return sum(p.numel() for p in trainable_parameters(model).values())
-
-
-@torch.no_grad()
-def delta_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every adapter's dense update ``delta W`` (float32) by module name."""
-    return {n: layer.delta_weight().detach() for n, layer in _layers_or_raise(model).items()}

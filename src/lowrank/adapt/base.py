@@ -1,5 +1,5 @@
-"""Shared machinery of the adapters: config base and registry, the wrapper layer, module
-selection, seeds.
+"""Shared machinery of the adapters: config base and registry, the wrapper layer, seeds
+(module selection and replacement live in :mod:`lowrank.surgery`).
 
 A new adapter is one file in ``adapt/``: an :class:`AdapterConfig` dataclass (with its
 ``kind`` and :meth:`~AdapterConfig.make_layer`) and its :class:`AdapterLayer`, registered by
@@ -21,12 +21,9 @@ import torch
 from torch import nn
 
 from ..config import Config
-from ..errors import ConfigError, LowRankError, TargetError
+from ..errors import ConfigError, LowRankError
 from ..registry import Registry
-from ..targets import _as_list, _matches, _no_match_message, default_targets, select_linears
-
-CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
+from ..surgery import LINEAR, LayerKind
 
 #: Adapters by kind (each adapter module registers itself).
 ADAPTERS: Registry[type[AdapterConfig]] = Registry("adapter", lambda cls: cls.kind)
@@ -36,12 +33,14 @@ ADAPTERS: Registry[type[AdapterConfig]] = Registry("adapter", lambda cls: cls.ki
 class AdapterConfig(Config, ABC):
     """An adapter: the shared fields and versioned dict of :class:`~lowrank.config.Config`
     (under the key ``"kind"``) plus ``rank``. Subclasses set ``kind`` (registry name) and
-    implement :meth:`make_layer`; the seed is combined with each module name."""
+    implement :meth:`make_layer`; the seed is combined with each module name. ``selects``
+    declares the layers it wraps (linear layers; adapters that also wrap convolutions declare
+    :data:`~lowrank.surgery.LINEAR_OR_CONV`)."""
 
     name_key: ClassVar[str] = "kind"
     plugins: ClassVar[Registry[type[AdapterConfig]]] = ADAPTERS
     kind: ClassVar[str] = ""
-    supports_conv: ClassVar[bool] = False
+    selects: ClassVar[LayerKind] = LINEAR
 
     rank: int = field(default=8, metadata={"help": "adapter rank r"})
 
@@ -156,40 +155,3 @@ class AdapterLayer(nn.Module):
 
     def check_native_meta(self, meta: dict[str, Any]) -> None:
         """Raise when the saved metadata disagrees with this freshly built layer."""
-
-
-def select_modules(model: nn.Module, targets: list[str] | None, ignore: list[str] | None,
-                   allow_conv: bool) -> dict[str, nn.Module]:
-    """Linear (and, when ``allow_conv``, Conv1d/2d/3d) modules selected by targets/ignore.
-
-    Without targets a conv-capable adapter takes the default linear layers plus every conv.
-    """
-    if not allow_conv:
-        return select_linears(model, targets, ignore)
-    kinds = (nn.Linear, *CONV_TYPES)
-    named = dict(model.named_modules())
-    target_list, ignore_list = _as_list(targets), _as_list(ignore)
-    for pattern in target_list + ignore_list:
-        if not any(_matches(pattern, n, m) for n, m in named.items() if n):
-            raise TargetError(_no_match_message(pattern, named))
-    if target_list:
-        hits = [n for n, m in named.items() if n and any(_matches(p, n, m) for p in target_list)]
-        selected = {n: m for n, m in named.items() if isinstance(m, kinds)
-                    and any(n == h or n.startswith(h + ".") for h in hits)}
-    else:
-        selected = dict(default_targets(model))
-        selected.update({n: m for n, m in named.items() if isinstance(m, CONV_TYPES)})
-        selected = {n: m for n, m in named.items() if n in selected}
-    dropped = [n for n, m in named.items() if n and any(_matches(p, n, m) for p in ignore_list)]
-    selected = {n: m for n, m in selected.items()
-                if not any(n == d or n.startswith(d + ".") for d in dropped)}
-    if not selected:
-        raise TargetError(f"targets {target_list or 'default'} (ignore {ignore_list}) select no "
-                          "linear or conv module: expected at least one")
-    return selected
-
-
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)

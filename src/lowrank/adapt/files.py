@@ -24,9 +24,10 @@ from torch import nn
 from ..errors import ConfigError, ModelFileError, TargetError
 from ..io.atomic import atomic_directory
 from ..io.peft import base_model_name, lora_adapter_config
+from ..surgery import replace_module
 from ..version import __version__
 from .api import CONFIG_ATTR, _layers_or_raise, adapter_layers, apply
-from .base import AdapterConfig, replace_module
+from .base import AdapterConfig
 from .lora import LoRA, LoRALinear
 
 ADAPTER_CONFIG = "adapter_config.json"

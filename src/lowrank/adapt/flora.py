@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, LowRankError, TargetError
-from .base import ADAPTERS, CONV_TYPES, AdapterConfig, AdapterLayer, LoraExport, generator, positive
+from ..surgery import CONV_TYPES, LINEAR_OR_CONV, LayerKind
+from .base import ADAPTERS, AdapterConfig, AdapterLayer, LoraExport, generator, positive
 
 
 @ADAPTERS.register
@@ -36,7 +37,7 @@ class FLoRA(AdapterConfig):
     """Tucker-core adapter for linear and Conv1d/2d/3d weights (channel ranks = ``rank``)."""
 
     kind: ClassVar[str] = "flora"
-    supports_conv: ClassVar[bool] = True
+    selects: ClassVar[LayerKind] = LINEAR_OR_CONV
 
     kernel_rank: int | None = field(default=None, metadata={
         "help": "rank of each kernel mode of a conv (default: the kernel size, i.e. full)"})

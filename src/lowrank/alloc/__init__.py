@@ -8,7 +8,7 @@ bisection/greedy steps; one file per allocator registers itself when this packag
 from .base import ALLOCATORS, Allocator, Menu, OptionAllocator, Probe, RankAllocator
 from .budget import Allocation, BudgetItem, RankConstraints, total_cost
 from .energy import Energy
-from .output_error import OutputError
+from .output_error import OutputErrorAllocator
 from .sensitivity import Sensitivity, SensitivitySqrt
 from .uniform import Uniform
 from .v2 import SVDLLMV2
@@ -23,7 +23,7 @@ __all__ = [
     "Energy",
     "Menu",
     "OptionAllocator",
-    "OutputError",
+    "OutputErrorAllocator",
     "Probe",
     "RankAllocator",
     "RankConstraints",

@@ -8,16 +8,17 @@ constraints)`` to an :class:`Allocation`. The shared pieces here do the constrai
 ``ranks_at`` stays a plain rule),
 :func:`target_params` checks that the bounds can reach the budget at all,
 :func:`bisect_parameter` finds the largest setting of the allocator's one knob that fits, and
-:func:`greedy_fill` closes the integer gap in steps of ``align`` ranks.
+:func:`greedy_fill` closes the integer gap in steps of ``align`` ranks. :func:`greedy_choice`
+is the one budgeted-choice routine (one option per item, most error removed per unit of cost
+first) under ``greedy_fill``, the ``output-error`` allocator and LR²VQ's slack spreading.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -217,6 +218,35 @@ def bisect_parameter(
     return lo, ranks_at(lo)
 
 
+#: One move offered to :func:`greedy_choice`: ``(new option, added cost, gain)``.
+Move = tuple[Any, float, float]
+
+
+def greedy_choice(options: list[Any], remaining: float,
+                  moves: Callable[[int, Any, float], Iterable[Move]]) -> float:
+    """Pick one option per item under a budget by marginal analysis (the greedy of budgeted
+    allocation: most error removed per unit of added cost first).
+
+    Item ``i`` holds ``options[i]`` (updated in place); ``remaining`` is the budget left.
+    Each round every item lists the moves it can afford, ``moves(i, options[i], remaining)``
+    -> ``(new option, added cost, gain)`` (the gain: error removed per unit of cost, or any
+    priority), and the move of largest gain is taken (ties: the first listed). Stops when no
+    item offers a move; returns the budget left.
+    """
+    while True:
+        best: tuple[int, Any, float] | None = None
+        best_gain = 0.0
+        for i, current in enumerate(options):
+            for option, cost, gain in moves(i, current, remaining):
+                if best is None or gain > best_gain:
+                    best, best_gain = (i, option, cost), gain
+        if best is None:
+            return remaining
+        i, option, cost = best
+        options[i] = option
+        remaining -= cost
+
+
 def greedy_fill(
     items: Sequence[BudgetItem],
     ranks: dict[str, int | None],
@@ -231,35 +261,25 @@ def greedy_fill(
     Closes the gap that integer (aligned) ranks leave between the bisected allocation and the
     budget: afterwards no factorized matrix could take its next step without exceeding it.
     """
-    ranks = dict(ranks)
-    spent = total_cost(items, ranks)
     a = constraints.align
     limits = [constraints.limits(item) for item in items]
 
-    def next_rank(i: int, k: int) -> int | None | bool:
-        """The next allowed rank above ``k`` (``None``: dense), or ``False`` for none."""
+    def step(i: int, k: int | None, remaining: float) -> list[Move]:
+        """The next allowed rank above ``k`` (``None``: dense) if it fits."""
+        if k is None:
+            return []
         if k + a <= limits[i].hi:
-            return k + a
-        return None if limits[i].dense_ok else False
+            new = k + a
+        elif limits[i].dense_ok:
+            new = None
+        else:
+            return []
+        cost = items[i].cost(new) - items[i].cost(k)
+        return [(new, cost, priority(items[i], k))] if cost <= remaining else []
 
-    heap = []
-    for i, item in enumerate(items):
-        k = ranks[item.name]
-        if k is not None and next_rank(i, k) is not False:
-            heapq.heappush(heap, (-priority(item, k), i))
-    while heap:
-        _, i = heapq.heappop(heap)
-        item = items[i]
-        k = ranks[item.name]
-        new = next_rank(i, k)
-        step = item.cost(new) - item.cost(k)
-        if spent + step > target:
-            continue
-        ranks[item.name] = new
-        spent += step
-        if new is not None and next_rank(i, new) is not False:
-            heapq.heappush(heap, (-priority(item, new), i))
-    return ranks
+    chosen = [ranks[item.name] for item in items]
+    greedy_choice(chosen, target - total_cost(items, ranks), step)
+    return {**ranks, **{item.name: k for item, k in zip(items, chosen, strict=True)}}
 
 
 def finish(allocator: str, items: Sequence[BudgetItem], ranks: dict[str, int | None],

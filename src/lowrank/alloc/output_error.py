@@ -5,7 +5,8 @@ the squared relative output error of the layer factorized at a grid of keeps, on
 images). Starting from the cheapest option everywhere, the layer whose move to a larger option
 lowers the summed error most per added parameter is upgraded while the budget ``keep`` of the
 layers' dense cost allows (as in budgeted rank allocation). Any larger option of a layer is a
-candidate, so that plateaus (equal costs) or a non-monotone error do not stop the greedy early.
+candidate, so that plateaus (equal costs) or a non-monotone error do not stop the greedy early
+(:func:`~lowrank.alloc.budget.greedy_choice`).
 """
 
 from __future__ import annotations
@@ -14,34 +15,34 @@ from collections.abc import Sequence
 
 from ..errors import ConfigError
 from .base import ALLOCATORS, Menu, OptionAllocator
+from .budget import Move, greedy_choice
 
 
 @ALLOCATORS.register
-class OutputError(OptionAllocator):
+class OutputErrorAllocator(OptionAllocator):
     """Greedy upgrades by error removed per added parameter (see module docstring)."""
 
     name = "output-error"
 
     def choose(self, menus: Sequence[Menu], keep: float) -> dict[str, int]:
         budget = keep * sum(m.dense_cost for m in menus)
-        level = {m.name: 0 for m in menus}
         used = sum(m.costs[0] for m in menus)
         if used > budget:
             raise ConfigError(f"keep={keep} is below what the cheapest options need ({used} of "
                               f"{sum(m.dense_cost for m in menus)} parameters)")
-        while True:
-            best, best_gain = None, 0.0
-            for m in menus:
-                p0, e0 = m.costs[level[m.name]], m.errors[level[m.name]]
-                for j in range(level[m.name] + 1, len(m.costs)):
-                    p1, e1 = m.costs[j], m.errors[j]
-                    if used - p0 + p1 > budget:
-                        continue
-                    gain = (e0 - e1) / max(p1 - p0, 1)
-                    if gain > best_gain:
-                        best, best_gain = (m, j), gain
-            if best is None:
-                return level
-            m, j = best
-            used += m.costs[j] - m.costs[level[m.name]]
-            level[m.name] = j
+
+        def upgrades(i: int, level: int, remaining: float) -> list[Move]:
+            """Every larger option of menu ``i`` that fits and lowers its error."""
+            m = menus[i]
+            p0, e0 = m.costs[level], m.errors[level]
+            found = []
+            for j in range(level + 1, len(m.costs)):
+                p1, e1 = m.costs[j], m.errors[j]
+                gain = (e0 - e1) / max(p1 - p0, 1)
+                if p1 - p0 <= remaining and gain > 0:
+                    found.append((j, p1 - p0, gain))
+            return found
+
+        levels = [0] * len(menus)
+        greedy_choice(levels, budget - used, upgrades)
+        return {m.name: level for m, level in zip(menus, levels, strict=True)}

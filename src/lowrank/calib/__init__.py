@@ -1,4 +1,6 @@
-"""Calibration: text to fixed-length token batches, and additive statistics from hooks."""
+"""Calibration: text read, cut into passages and tokenised to fixed length (``data``), and
+additive statistics (input Grams and sums, Fisher information) collected with forward hooks in
+one pass (``stats``)."""
 
 from .data import TokenBatch, TokenizedText, read_texts, split_halves, tokenize
 from .stats import (

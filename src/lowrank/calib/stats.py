@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from torch import nn
 
 from ..errors import DataError, ModelFileError
 from ..linalg import GramRoot, sqrt_gram
+from ..surgery import ModuleCall, capture_inputs
 from ..utils.progress import progress
 from .data import TokenBatch, TokenizedText, masked_rows, split_halves, tokenize
 
@@ -87,9 +88,6 @@ class CalibrationStats:
         if key not in cache:
             cache[key] = sqrt_gram(self.site(module_name).gram, floor=floor)
         return cache[key]
-
-    def has_fisher(self) -> bool:
-        return bool(self.fisher)
 
     def merge(self, other: CalibrationStats) -> CalibrationStats:
         """Add another shard's sums (same modules and sites) into this one, in place."""
@@ -196,25 +194,17 @@ def shared_input_sites(
     seen: list[tuple[torch.Tensor, str]] = []
     mapping: dict[str, str] = {}
 
-    def make_hook(name: str) -> Callable:
-        def hook(_module: nn.Module, args: tuple) -> None:
-            x = args[0]
-            for other, site in seen:
-                if other is x:
-                    mapping[name] = site
-                    return
-            seen.append((x, name))
-            mapping[name] = name
+    def assign(name: str, call: ModuleCall) -> None:
+        x = call.args[0]
+        for other, site in seen:
+            if other is x:
+                mapping[name] = site
+                return
+        seen.append((x, name))
+        mapping[name] = name
 
-        return hook
-
-    handles = [m.register_forward_pre_hook(make_hook(n)) for n, m in modules.items()]
-    try:
-        with torch.no_grad():
-            model(input_ids=probe.input_ids, attention_mask=probe.attention_mask)
-    finally:
-        for h in handles:
-            h.remove()
+    with capture_inputs(modules, assign), torch.no_grad():
+        model(input_ids=probe.input_ids, attention_mask=probe.attention_mask)
     missing = [n for n in modules if n not in mapping]
     if missing:
         raise DataError(f"modules never ran during calibration: {missing[:5]}")
@@ -258,31 +248,23 @@ def collect_statistics(
                                           0, torch.zeros(n, dtype=torch.float64, device=device))
     current_mask: list[torch.Tensor] = []
 
-    def make_hook(site: str) -> Callable:
+    def accumulate(site: str, call: ModuleCall) -> None:  # streaming: nothing is stored
         entry = stats.sites[site]
+        flat = masked_rows(call.args[0], current_mask[0])
+        xp = flat.to(product_dtype)
+        entry.gram += (xp.T @ xp).to(torch.float64)
+        entry.abs_sum += flat.abs().sum(0, dtype=torch.float64)
+        entry.sum += flat.sum(0, dtype=torch.float64)
+        entry.tokens += int(flat.shape[0])
 
-        def hook(_module: nn.Module, args: tuple) -> None:
-            flat = masked_rows(args[0], current_mask[0])
-            xp = flat.to(product_dtype)
-            entry.gram += (xp.T @ xp).to(torch.float64)
-            entry.abs_sum += flat.abs().sum(0, dtype=torch.float64)
-            entry.sum += flat.sum(0, dtype=torch.float64)
-            entry.tokens += int(flat.shape[0])
-
-        return hook
-
-    handles = [modules[site].register_forward_pre_hook(make_hook(site)) for site in stats.sites]
     vocab = int(getattr(_input_embeddings(model), "num_embeddings", 0) or 0)
-    try:
-        with torch.no_grad():
-            for batch in progress(list(data.batches(batch_size)), "calibration", quiet=quiet):
-                batch = batch.to(device)
-                current_mask[:] = [batch.attention_mask]
-                stats.count_tokens(batch.input_ids, batch.attention_mask, vocab)
-                model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-    finally:
-        for h in handles:
-            h.remove()
+    with capture_inputs({site: modules[site] for site in stats.sites}, accumulate), \
+            torch.no_grad():
+        for batch in progress(list(data.batches(batch_size)), "calibration", quiet=quiet):
+            batch = batch.to(device)
+            current_mask[:] = [batch.attention_mask]
+            stats.count_tokens(batch.input_ids, batch.attention_mask, vocab)
+            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
     stats.meta.update({"samples": len(data), "seq_len": int(data.input_ids.shape[1]),
                        "tokens": data.num_tokens, "gram_products": str(product_dtype),
                        "gram_accumulator": "torch.float64"})

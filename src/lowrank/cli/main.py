@@ -1,4 +1,4 @@
-"""``lowrank`` command line: thin wrappers over :mod:`lowrank.workflow`.
+"""``lowrank`` command line: thin wrappers over the jobs of :mod:`lowrank.jobs`.
 
 Data goes to stdout (``--json`` prints exactly one JSON object), progress to stderr. A known
 error prints one line and exits with status 2; ``LOWRANK_DEBUG=1`` shows the traceback.
@@ -130,7 +130,7 @@ def compress(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress on stderr"),
 ) -> None:
     """Compress a model with a low-rank method and write factors, manifest and report."""
-    from ..workflow import compress_job
+    from ..jobs import compress_job
 
     options = {"mode": mode, "min_keep": min_keep, "max_keep": max_keep,
                "rank_align": rank_align, "rank": _number(rank, "--rank"), "base": base,
@@ -174,7 +174,7 @@ def evaluate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress on stderr"),
 ) -> None:
     """Evaluate a model, or a compressed directory against its base model."""
-    from ..workflow import eval_job
+    from ..jobs import eval_job
 
     result = eval_job(model_or_dir, data=data, device=device, seq_len=seq_len, quiet=quiet)
 
@@ -198,7 +198,7 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object to stdout"),
 ) -> None:
     """Per-layer spectra, effective ranks and a parameter-budget preview (data-free)."""
-    from ..workflow import inspect_job
+    from ..jobs import inspect_job
 
     result = inspect_job(model, keep=keep, targets=targets or None, plot=plot)
 

@@ -18,8 +18,8 @@ from ..errors import LowRankError
 
 def train_command(
     method: str = typer.Option(
-        "galore", help="galore (svd basis), galore-rsvd, galore-dct, adamw, sltrain, lost, "
-                       "lowrank, or galore-torch (the reference package, if installed)"),
+        "galore", help="galore (svd basis), galore-rsvd, galore-dct, adamw, sltrain, lost or "
+                       "lowrank"),
     steps: int = typer.Option(100, help="optimizer steps"),
     rank: int = typer.Option(32, help="GaLore projection rank / SLTrain and LOST rank"),
     lr: float | None = typer.Option(None, help="peak learning rate (default: 1e-2 for "

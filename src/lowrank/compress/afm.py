@@ -42,6 +42,7 @@ class AFMDecomposition(OutputPCADecomposition):
     """Centred output PCA of one linear; :meth:`bias` is the mean-corrected bias at rank k."""
 
     input_mean: torch.Tensor | None = None  # xbar (in,), float64
+    shifts_bias: ClassVar[bool] = True
 
     def bias(self, rank: int, bias: torch.Tensor | None) -> torch.Tensor:
         """``b + (I - U_k U_k^T) W xbar`` (= ``U_k U_k^T b + (I - U_k U_k^T) mu``), float64."""

@@ -24,7 +24,7 @@ from ..calib.data import TokenizedText
 from ..calib.stats import CalibrationStats
 from ..config import Config
 from ..registry import Registry
-from ..targets import LINEAR, LayerKind
+from ..surgery import LINEAR, LayerKind
 from .result import ModuleReport
 
 
@@ -98,13 +98,6 @@ class CompressionConfig(Config, ABC):
               calib: Calibration) -> MethodOutcome:
         """Transform ``modules`` of ``model`` (the layers it selects) in place and report
         each one."""
-
-
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Put ``new`` where the submodule ``name`` was."""
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
 
 
 def output_error(weight: torch.Tensor, approx: torch.Tensor, gram: torch.Tensor) -> float:

@@ -20,12 +20,12 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..alloc import ALLOCATORS, Allocator, Menu, OptionAllocator, OutputError
+from ..alloc import ALLOCATORS, Allocator, Menu, OptionAllocator, OutputErrorAllocator
 from ..errors import ConfigError, DataError, TargetError
 from ..nn.cp_conv import CPConv2d
 from ..nn.tucker_conv import Tucker2Conv2d
-from ..targets import CONV, LayerKind
-from .base import METHODS, Calibration, CompressionConfig, MethodOutcome, replace_module
+from ..surgery import CONV, LayerKind, capture_inputs, replace_module
+from .base import METHODS, Calibration, CompressionConfig, MethodOutcome
 from .result import ModuleReport
 
 DECOMPOSITIONS = ("tucker2", "cp")
@@ -191,23 +191,17 @@ def allocate_conv_keeps(model: nn.Module, inputs: torch.Tensor, keep: float,
     if not grid or not 0 < grid[0] or grid[-1] > 1:
         raise ConfigError(f"grid must hold keeps in (0, 1], got {grid!r}")
     convs = CONV.select(model, targets, ignore)
-    seen: dict[str, torch.Tensor] = {}
-    hooks = [c.register_forward_hook(
-        lambda _m, args, _out, name=name: seen.__setitem__(name, args[0].detach()))
-        for name, c in convs.items()]
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with capture_inputs(convs) as calls, torch.no_grad():
             model(inputs)
     finally:
-        for h in hooks:
-            h.remove()
         model.train(was_training)
     menus = []
     with torch.no_grad():
         for name, conv in convs.items():
-            x = seen[name]
+            x = calls[name][-1].args[0].detach()
             ref = conv(x)
             dense = conv.weight.numel()
             menu = Menu(name, dense, [], [])
@@ -224,7 +218,7 @@ def allocate_conv_keeps(model: nn.Module, inputs: torch.Tensor, keep: float,
                 menu.costs.append(params)
                 menu.errors.append(err ** 2)
             menus.append(menu)
-    choice = (allocator or OutputError()).choose(menus, keep)
+    choice = (allocator or OutputErrorAllocator()).choose(menus, keep)
     return {name: grid[choice[name]] for name in convs}
 
 

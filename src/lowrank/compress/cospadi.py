@@ -28,6 +28,7 @@ from torch import nn
 from ..errors import ConfigError, DataError
 from ..linalg.omp import ksvd
 from ..nn.sparse_dict import SparseDictLinear, index_bits
+from ..surgery import replace_module
 from ..utils.progress import progress
 from .base import (
     METHODS,
@@ -35,7 +36,6 @@ from .base import (
     CompressionConfig,
     MethodOutcome,
     output_error,
-    replace_module,
 )
 from .result import ModuleReport
 

@@ -36,7 +36,7 @@ from ..errors import ConfigError, DataError
 from ..linalg.output_pca import output_pca, weighted_row_moments
 from ..nn import FactorizedEmbedding
 from ..nn.accounting import linear_params
-from .base import replace_module
+from ..surgery import replace_module
 from .result import ModuleReport
 
 

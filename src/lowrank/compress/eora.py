@@ -34,13 +34,13 @@ from ..calib.stats import CalibrationStats
 from ..errors import ConfigError, DataError
 from ..linalg import whitened_svd
 from ..nn import ResidualLowRankLinear, dense_weight_of
+from ..surgery import replace_module
 from .base import (
     METHODS,
     Calibration,
     CompressionConfig,
     MethodOutcome,
     output_error,
-    replace_module,
 )
 from .prune import check_prune_fields, prune_mask
 from .quant import quantize_linear

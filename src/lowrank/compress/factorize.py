@@ -19,10 +19,11 @@ from torch import nn
 from ..alloc import ALLOCATORS, BudgetItem, Probe, RankAllocator, RankConstraints
 from ..calib.stats import CalibrationStats
 from ..errors import ConfigError, DataError
-from ..linalg import WhitenedSVD
+from ..linalg import GramRoot, WhitenedSVD
 from ..linalg.output_pca import affine_output_error
 from ..nn import LowRankLinear
-from .base import Calibration, CompressionConfig, MethodOutcome, output_error, replace_module
+from ..surgery import replace_module
+from .base import Calibration, CompressionConfig, MethodOutcome, output_error
 from .embedding import (
     AffineBudgetItem,
     embedding_pca,
@@ -122,9 +123,10 @@ class FactorizationConfig(CompressionConfig):
                   stats: CalibrationStats | None) -> WhitenedSVD:
         """Weighted SVD of ``weight`` (out x in, float64) for module ``name``.
 
-        Any object with ``spectrum``, ``tail_energy(rank)``, ``factors(rank)`` and ``right``
-        serves; one that also has ``bias(rank, bias)`` sets the factorized layer's bias
-        (output-side methods re-centre it).
+        Any object with the members of :class:`WhitenedSVD` serves: ``spectrum``,
+        ``tail_energy(rank)``, ``factors(rank)``, ``right`` (a :class:`GramRoot` adds its
+        conditioning to the report), and ``bias(rank, bias)``, the factorized layer's bias,
+        which moves only where ``shifts_bias`` says so (output-side methods re-centre it).
         """
 
     def budget_item(self, name: str, module: nn.Linear, spectrum: torch.Tensor) -> BudgetItem:
@@ -148,9 +150,7 @@ class FactorizationConfig(CompressionConfig):
 def _low_rank(lin: nn.Linear, dec: Any, rank: int) -> LowRankLinear:
     """``lin`` at ``rank`` from its decomposition (the decomposition's bias when it sets one)."""
     B, A = dec.factors(rank)
-    bias = None if lin.bias is None else lin.bias.detach()
-    if hasattr(dec, "bias"):
-        bias = dec.bias(rank, bias)
+    bias = dec.bias(rank, None if lin.bias is None else lin.bias.detach())
     return LowRankLinear.from_factors(B.to(lin.weight.dtype), A.to(lin.weight.dtype),
                                       bias).to(lin.weight.device)
 
@@ -199,7 +199,7 @@ def factorize(config: FactorizationConfig, model: nn.Module, modules: dict[str, 
             approx, energy_kept = weight, 1.0
         else:
             new = _low_rank(lin, decomps[name], rank)
-            if hasattr(decomps[name], "bias"):
+            if decomps[name].shifts_bias:
                 old = torch.zeros_like(weight[:, 0]) if lin.bias is None else lin.bias.detach()
                 bias_shift = old.to(torch.float64) - new.bias.detach().to(torch.float64)
             if not (torch.isfinite(new.A).all() and torch.isfinite(new.B).all()):
@@ -209,7 +209,7 @@ def factorize(config: FactorizationConfig, model: nn.Module, modules: dict[str, 
             energy_kept = 1.0 - decomps[name].tail_energy(rank) / energy_total
             replace_module(model, name, new)
         right = decomps[name].right
-        if hasattr(right, "num_floored"):
+        if isinstance(right, GramRoot):
             notes["gram_eigenvalues_floored"] = right.num_floored
             notes["gram_condition"] = right.condition
         out_err = None

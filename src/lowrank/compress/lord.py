@@ -39,11 +39,17 @@ class OutputPCADecomposition:
     weight: torch.Tensor  # (out, in) float64
     pca: PCA
     right: None = None  # no input-side root (factorize reads it for its notes)
+    #: Whether :meth:`bias` moves the layer's bias (LoRD keeps it; AFM re-centres it).
+    shifts_bias: ClassVar[bool] = False
 
     @property
     def spectrum(self) -> torch.Tensor:
         r = min(self.weight.shape)
         return self.pca.eigenvalues[:r].sqrt()
+
+    def bias(self, rank: int, bias: torch.Tensor | None) -> torch.Tensor | None:
+        """The factorized layer's bias at ``rank``: the dense layer's ``bias``, unchanged."""
+        return bias
 
     def tail_energy(self, rank: int) -> float:
         """Squared output error of the rank-``rank`` projection (summed over tokens)."""

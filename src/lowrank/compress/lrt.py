@@ -18,8 +18,7 @@ from torch import nn
 
 from ..nn import LowRankLinear
 from ..nn.accounting import break_even_rank
-from ..targets import select_linears
-from .base import replace_module
+from ..surgery import replace_module, select_linears
 
 
 def low_rank_transformer(model: nn.Module, rank: int | float, *, init: str = "svd",

@@ -47,13 +47,13 @@ from ..calib.data import TokenizedText
 from ..errors import ConfigError, DataError
 from ..linalg.nystrom import nystrom_correct, ridge_leverage_scores, select_columns
 from ..nn.indexed_linear import IndexedLinear
+from ..surgery import ModuleCall, capture_inputs, replace_module
 from .base import (
     METHODS,
     Calibration,
     CompressionConfig,
     MethodOutcome,
     output_error,
-    replace_module,
 )
 from .probe import forward_passes
 from .result import ModuleReport
@@ -100,30 +100,24 @@ def measure_block_importance(model: nn.Module, blocks: list[str],
     mask: list[torch.Tensor | None] = [None]
     sums = {b: [0.0, 0.0] for b in blocks}
 
-    def top_hook(_m: nn.Module, args: tuple, kwargs: dict) -> None:
-        mask[0] = kwargs.get("attention_mask")
+    def take_mask(_name: str, call: ModuleCall) -> None:
+        mask[0] = call.kwargs.get("attention_mask")
 
-    def make(block: str) -> Callable:
-        def hook(_m: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
-            h_in = args[0] if args else kwargs.get("hidden_states")
-            h_out = out[0] if isinstance(out, (tuple, list)) else out
-            cos = nn.functional.cosine_similarity(h_in.double(), h_out.double(), dim=-1)
-            m = mask[0]
-            weight = (m.to(cos.dtype) if m is not None and m.shape == cos.shape
-                      else torch.ones_like(cos))
-            sums[block][0] += float((cos * weight).sum())
-            sums[block][1] += float(weight.sum())
-        return hook
+    def add_cosines(block: str, call: ModuleCall) -> None:
+        h_in = call.args[0] if call.args else call.kwargs.get("hidden_states")
+        out = call.output
+        h_out = out[0] if isinstance(out, (tuple, list)) else out
+        cos = nn.functional.cosine_similarity(h_in.double(), h_out.double(), dim=-1)
+        m = mask[0]
+        weight = (m.to(cos.dtype) if m is not None and m.shape == cos.shape
+                  else torch.ones_like(cos))
+        sums[block][0] += float((cos * weight).sum())
+        sums[block][1] += float(weight.sum())
 
-    handles = [model.register_forward_pre_hook(top_hook, with_kwargs=True)]
-    handles += [model.get_submodule(b).register_forward_hook(make(b), with_kwargs=True)
-                for b in blocks]
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        for h in handles:
-            h.remove()
+    with capture_inputs({"": model}, take_mask), \
+            capture_inputs({b: model.get_submodule(b) for b in blocks}, add_cosines,
+                           outputs=True), torch.no_grad():
+        run()
     if any(sums[b][1] == 0 for b in blocks):
         raise DataError("block importance: some blocks never ran during the calibration pass")
     return [1.0 - sums[b][0] / sums[b][1] for b in blocks]

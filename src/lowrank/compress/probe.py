@@ -16,7 +16,7 @@ from torch import nn
 from ..calib.data import TokenBatch, TokenizedText
 from ..models.forward import hidden_states, sentence_embeddings
 from ..models.loading import is_causal_lm
-from .base import replace_module
+from ..surgery import replace_module
 
 PROBE_PASSAGES = 32
 PROBE_BATCH = 16

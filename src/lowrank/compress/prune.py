@@ -23,7 +23,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from .base import METHODS, Calibration, CompressionConfig, MethodOutcome, output_error
 from .result import ModuleReport
 
@@ -35,7 +35,7 @@ __all__ = ["PATTERNS", "MagnitudePrune", "magnitude_mask", "prune_mask", "semi_s
 def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Boolean keep-mask zeroing exactly ``round(sparsity * numel)`` smallest-``|w|`` entries."""
     if not 0 <= sparsity < 1:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+        raise ConfigError(f"sparsity must be in [0, 1), got {sparsity!r}")
     flat = weight.detach().abs().reshape(-1)
     drop = int(round(sparsity * flat.numel()))
     mask = torch.ones(flat.numel(), dtype=torch.bool, device=weight.device)
@@ -50,13 +50,13 @@ def semi_structured_mask(weight: torch.Tensor, keep: int = 2, group: int = 4) ->
     """Boolean keep-mask with the ``keep`` largest ``|w|`` of every ``group`` consecutive
     inputs of each row (``2:4`` by default); ``in_features`` must be divisible by ``group``."""
     if weight.ndim != 2:
-        raise ValueError(f"expected a matrix (out x in), got shape {tuple(weight.shape)}")
+        raise DataError(f"expected a matrix (out x in), got shape {tuple(weight.shape)}")
     out_features, in_features = weight.shape
     if not 0 < keep <= group:
-        raise ValueError(f"need 0 < keep <= group, got {keep}:{group}")
+        raise ConfigError(f"need 0 < keep <= group, got {keep}:{group}")
     if in_features % group:
-        raise ValueError(f"{keep}:{group} pruning needs in_features divisible by {group}, got "
-                         f"{in_features}")
+        raise ConfigError(f"{keep}:{group} pruning needs in_features divisible by {group}, got "
+                          f"{in_features}")
     blocks = weight.detach().abs().reshape(out_features, in_features // group, group)
     # stable descending sort: among equal magnitudes the earlier input is kept
     top = torch.sort(blocks, dim=2, descending=True, stable=True).indices[..., :keep]
@@ -70,7 +70,7 @@ def prune_mask(weight: torch.Tensor, pattern: str, sparsity: float = 0.5) -> tor
         return magnitude_mask(weight, sparsity)
     if pattern == "2:4":
         return semi_structured_mask(weight, 2, 4)
-    raise ValueError(f"unknown pruning pattern {pattern!r}: expected one of {PATTERNS}")
+    raise ConfigError(f"unknown pruning pattern {pattern!r}: expected one of {PATTERNS}")
 
 
 def check_prune_fields(pattern: object, sparsity: object) -> float:
@@ -117,7 +117,7 @@ class MagnitudePrune(CompressionConfig):
         for name, lin in modules.items():  # validate every module before changing any
             try:
                 masks[name] = prune_mask(lin.weight, self.pattern, self.sparsity)
-            except ValueError as exc:
+            except ConfigError as exc:
                 raise ConfigError(f"cannot prune '{name}': {exc}") from exc
         reports = []
         for name, lin in modules.items():

@@ -24,13 +24,13 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..nn.quantized import SUPPORTED_BITS, QuantizedLinear, dequantize, pack_int4, unpack_int4
+from ..surgery import replace_module
 from .base import (
     METHODS,
     Calibration,
     CompressionConfig,
     MethodOutcome,
     output_error,
-    replace_module,
 )
 from .result import ModuleReport
 

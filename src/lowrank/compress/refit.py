@@ -13,17 +13,16 @@ already optimal and the refit changes nothing beyond the damping.
 
 from __future__ import annotations
 
+from contextlib import suppress
+
 import torch
 from torch import nn
 
 from ..calib.data import TokenBatch, TokenizedText, masked_rows
 from ..calib.stats import shared_input_sites
 from ..nn import LowRankLinear
+from ..surgery import ModuleCall, StopForward, capture_inputs
 from ..utils.progress import progress
-
-
-class _GroupDone(Exception):
-    """Raised inside a hook to end a forward pass once the current group has its inputs."""
 
 
 def execution_groups(model: nn.Module, names: list[str], probe: TokenBatch) -> list[list[str]]:
@@ -31,15 +30,13 @@ def execution_groups(model: nn.Module, names: list[str], probe: TokenBatch) -> l
     modules = {n: model.get_submodule(n) for n in names}
     sites = shared_input_sites(model, modules, probe)
     order: list[str] = []
-    handles = [m.register_forward_pre_hook(
-        lambda _m, _a, n=n: order.append(n) if n not in order else None)
-        for n, m in modules.items()]
-    try:
-        with torch.no_grad():
-            model(input_ids=probe.input_ids, attention_mask=probe.attention_mask)
-    finally:
-        for h in handles:
-            h.remove()
+
+    def note(name: str, _call: ModuleCall) -> None:
+        if name not in order:
+            order.append(name)
+
+    with capture_inputs(modules, note), torch.no_grad():
+        model(input_ids=probe.input_ids, attention_mask=probe.attention_mask)
     groups: dict[str, list[str]] = {}
     for name in order:
         groups.setdefault(sites[name], []).append(name)
@@ -90,30 +87,22 @@ def _paired_moments(original: nn.Module, compressed: nn.Module, group: list[str]
     def rows(x: torch.Tensor) -> torch.Tensor:
         return masked_rows(x, state["mask"]).to(torch.float64)
 
-    def capture_original(_m: nn.Module, args: tuple) -> None:
-        state["x"] = rows(args[0])
-        raise _GroupDone
+    def capture_original(_name: str, call: ModuleCall) -> None:
+        state["x"] = rows(call.args[0])
 
-    def accumulate(_m: nn.Module, args: tuple) -> None:
-        z = rows(args[0])
+    def accumulate(_name: str, call: ModuleCall) -> None:
+        z = rows(call.args[0])
         for name in group:
             zk = z @ layers[name].A.detach().to(torch.float64).T
             H[name] += zk.T @ zk
             C[name] += (state["x"] @ weights[name].T).T @ zk
-        raise _GroupDone
 
-    first = group[0]
-    h1 = original.get_submodule(first).register_forward_pre_hook(capture_original)
-    h2 = layers[first].register_forward_pre_hook(accumulate)
-    try:
+    first = group[0]  # each pass stops once the group has its inputs
+    with capture_inputs({first: original.get_submodule(first)}, capture_original, stop=True), \
+            capture_inputs({first: layers[first]}, accumulate, stop=True):
         for batch in batches:
             state["mask"] = batch.attention_mask
             for model in (original, compressed):
-                try:
+                with suppress(StopForward):
                     model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-                except _GroupDone:
-                    pass
-    finally:
-        h1.remove()
-        h2.remove()
     return H, C

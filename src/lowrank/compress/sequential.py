@@ -20,7 +20,7 @@ statistics.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 
 import torch
@@ -30,12 +30,8 @@ from ..calib.data import TokenBatch, TokenizedText, masked_rows
 from ..errors import ConfigError
 from ..linalg import sqrt_gram, whitened_svd
 from ..nn import LowRankLinear
-from ..targets import block_lists
+from ..surgery import ModuleCall, StopForward, block_lists, capture_inputs
 from ..utils.progress import progress
-
-
-class _Stop(Exception):
-    """Raised in a hook to end a forward pass early."""
 
 
 def _call_kwargs(model: nn.Module) -> dict[str, Any]:
@@ -48,22 +44,15 @@ def capture_block_inputs(model: nn.Module, blocks: nn.ModuleList,
     """Positional and keyword inputs of the first block for every batch (one pass each)."""
     captured: list[tuple[tuple, dict]] = []
 
-    def hook(_m: nn.Module, args: tuple, kwargs: dict) -> None:
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("cache", "past_key_values")}
-        captured.append((args, kwargs))
-        raise _Stop
+    def keep(_name: str, call: ModuleCall) -> None:
+        kwargs = {k: v for k, v in call.kwargs.items() if k not in ("cache", "past_key_values")}
+        captured.append((call.args, kwargs))
 
-    handle = blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
     extra = _call_kwargs(model)
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                try:
-                    model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **extra)
-                except _Stop:
-                    pass
-    finally:
-        handle.remove()
+    with capture_inputs({"first": blocks[0]}, keep, stop=True), torch.no_grad():
+        for batch in batches:
+            with suppress(StopForward):
+                model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **extra)
     if len(captured) != len(batches):
         raise ConfigError("could not capture the inputs of the first transformer block")
     return captured
@@ -135,23 +124,16 @@ def _groups_in_order(block: nn.Module, block_prefix: str, names: list[str],
     """Layers of one block grouped by shared input tensor, in the order they run."""
     seen: list[tuple[torch.Tensor, list[str]]] = []
 
-    def make_hook(name: str) -> Callable:
-        def hook(_m: nn.Module, args: tuple) -> None:
-            for tensor, members in seen:
-                if tensor is args[0]:
-                    members.append(name)
-                    return
-            seen.append((args[0], [name]))
-
-        return hook
+    def group(name: str, call: ModuleCall) -> None:
+        for tensor, members in seen:
+            if tensor is call.args[0]:
+                members.append(name)
+                return
+        seen.append((call.args[0], [name]))
 
     modules = {n: block.get_submodule(n[len(block_prefix):]) for n in names}
-    handles = [m.register_forward_pre_hook(make_hook(n)) for n, m in modules.items()]
-    try:
+    with capture_inputs(modules, group):
         _run_block(block, inputs)
-    finally:
-        for h in handles:
-            h.remove()
     return [members for _, members in seen]
 
 
@@ -171,29 +153,22 @@ def _refit_group(original: nn.Module, compressed: nn.Module, orig_block: nn.Modu
     def rows(x: torch.Tensor) -> torch.Tensor:
         return masked_rows(x, state["mask"]).float()
 
-    def take_original(_m: nn.Module, args: tuple) -> None:
-        state["x"] = rows(args[0])
-        raise _Stop
+    def take_original(_name: str, call: ModuleCall) -> None:
+        state["x"] = rows(call.args[0])
 
-    def take_compressed(_m: nn.Module, args: tuple) -> None:
-        xt = rows(args[0])
+    def take_compressed(_name: str, call: ModuleCall) -> None:
+        xt = rows(call.args[0])
         gram.add_((xt.T @ xt).double())
         cross.add_((state.pop("x").T @ xt).double())
-        raise _Stop
 
-    h1 = orig_block.get_submodule(sub).register_forward_pre_hook(take_original)
-    h2 = comp_block.get_submodule(sub).register_forward_pre_hook(take_compressed)
-    try:
+    # each block pass stops at the layer's input
+    with capture_inputs({sub: orig_block.get_submodule(sub)}, take_original, stop=True), \
+            capture_inputs({sub: comp_block.get_submodule(sub)}, take_compressed, stop=True):
         for batch, oi, ci in zip(batches, orig_in, comp_in, strict=True):
             state["mask"] = batch.attention_mask
             for block, inputs in ((orig_block, oi), (comp_block, ci)):
-                try:
+                with suppress(StopForward):
                     _run_block(block, inputs)
-                except _Stop:
-                    pass
-    finally:
-        h1.remove()
-        h2.remove()
     lam = damping * float(torch.diagonal(gram).mean())
     root = sqrt_gram(gram + lam * torch.eye(n, dtype=gram.dtype, device=dev), floor=floor)
     change = {}

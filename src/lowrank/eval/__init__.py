@@ -1,4 +1,6 @@
-"""Evaluation: embedding agreement, perplexity, latency, and one entry point for both kinds."""
+"""Evaluation against the original model: embedding agreement of encoders and vision models
+(``embedding``), perplexity of causal LMs (``perplexity``), forward latency (``latency``), and
+:class:`Evaluator`, one entry point for every kind."""
 
 from __future__ import annotations
 

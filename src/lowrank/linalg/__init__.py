@@ -1,4 +1,7 @@
-"""Pure functions on tensors: truncated and randomized SVD, Gram roots, whitened truncation."""
+"""Linear algebra on tensors, below every model-facing package: truncated and randomized SVD
+(``svd``), Gram roots and whitened truncation (``whiten``), output-feature PCA (``output_pca``),
+OMP and K-SVD (``omp``), ridge-leverage column selection (``nystrom``), k-means (``kmeans``),
+and the numpy / torch array convention with mode products (``arrays``)."""
 
 from .svd import TruncatedSVD, randomized_svd, split_singular_values, truncated_svd
 from .whiten import (

@@ -52,6 +52,21 @@ def truncated_svd(matrix: torch.Tensor, rank: int | None = None) -> TruncatedSVD
     return TruncatedSVD(U, S, Vh)
 
 
+def range_finder(matrix: torch.Tensor, width: int, power_iters: int,
+                 generator: torch.Generator) -> torch.Tensor:
+    """Orthonormal ``Q`` (m x ``width``) whose span approximates the range of ``M`` (Halko et
+    al., Algorithm 4.4): a Gaussian test matrix drawn from the CPU ``generator`` (so every
+    process and device draws the same one), then ``power_iters`` subspace iterations with a
+    QR after each product."""
+    omega = torch.randn(matrix.shape[1], width, generator=generator,
+                        dtype=matrix.dtype).to(matrix.device)
+    Q, _ = torch.linalg.qr(matrix @ omega)
+    for _ in range(power_iters):
+        Z, _ = torch.linalg.qr(matrix.mH @ Q)
+        Q, _ = torch.linalg.qr(matrix @ Z)
+    return Q
+
+
 def randomized_svd(
     matrix: torch.Tensor,
     rank: int,
@@ -82,11 +97,7 @@ def randomized_svd(
     check_finite_values("matrix", matrix)
     width = min(rank + oversample, min(m, n))
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    omega = torch.randn(n, width, generator=gen, dtype=matrix.dtype).to(matrix.device)
-    Q, _ = torch.linalg.qr(matrix @ omega)
-    for _ in range(power_iters):
-        Z, _ = torch.linalg.qr(matrix.mH @ Q)
-        Q, _ = torch.linalg.qr(matrix @ Z)
+    Q = range_finder(matrix, width, power_iters, gen)
     small = Q.mH @ matrix
     Uh, S, Vh = torch.linalg.svd(small, full_matrices=False)
     U = Q @ Uh

@@ -10,7 +10,7 @@ diagonal weight on the output side).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import torch
 
@@ -107,10 +107,16 @@ class WhitenedSVD:
     svd: TruncatedSVD
     right: RightRoot | None
     left: torch.Tensor | None
+    #: Whether :meth:`bias` moves the layer's bias (it does not: the bias stays as it is).
+    shifts_bias: ClassVar[bool] = False
 
     @property
     def spectrum(self) -> torch.Tensor:
         return self.svd.S
+
+    def bias(self, rank: int, bias: torch.Tensor | None) -> torch.Tensor | None:
+        """The factorized layer's bias at ``rank``: the dense layer's ``bias``, unchanged."""
+        return bias
 
     def tail_energy(self, rank: int) -> float:
         """Squared weighted error of the rank-``rank`` truncation."""

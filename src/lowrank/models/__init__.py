@@ -1,4 +1,6 @@
-"""The bundled default model, loading of Hugging Face models from disk, family-aware forwards."""
+"""Models: the bundled default and loading of Hugging Face models from disk (``loading``), what
+a ``config.json`` declares without loading weights (``config``), family-aware forwards
+(``forward``) and the byte-level tokenizer of the pretraining runs (``byte_tokenizer``)."""
 
 from .forward import causal_lm_loss, contrastive_loss, hidden_states, sentence_embeddings
 from .loading import (

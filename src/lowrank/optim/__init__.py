@@ -1,4 +1,9 @@
-"""Low-rank training: GaLore-family projected optimizers, memory estimates, rank pruning."""
+"""Low-rank training: GaLore-family projected optimizers (``galore``, their bases in
+``projectors``), memory estimates (``memory``) and trained rank pruning (``trp``).
+
+The small pretraining runs behind ``lowrank train`` (``pretrain``) are imported where they
+run, not by this package; the galore-torch reference comparison lives in ``benchmarks/``.
+"""
 
 from .galore import GaLoreAdamW, check_distributed_wrapper, galore_groups
 from .memory import MemoryEstimate, estimate_memory

@@ -366,7 +366,7 @@ def galore_groups(model: nn.Module, targets: Any = "all-linear", rank: int = 128
     ``targets="all-linear"`` means the linear layers inside the repeated blocks (attention and
     MLP projections; embeddings and the LM head stay dense), as in the HF Trainer option.
     """
-    from ..targets import select_linears
+    from ..surgery import select_linears
 
     check_distributed_wrapper(model)
     chosen = select_linears(model, None if targets == "all-linear" else targets, ignore)

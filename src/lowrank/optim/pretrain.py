@@ -3,17 +3,18 @@
 A LLaMA-architecture model (transformers' ``LlamaForCausalLM``, random init, grouped-query
 attention, RoPE) is trained on the embedded CPython documentation text with a byte-level
 tokenizer (vocabulary 256: every UTF-8 byte is a token, so nothing is downloaded). Methods:
-``adamw``; ``galore`` / ``galore-rsvd`` / ``galore-dct`` (:class:`GaLoreAdamW`);
-``galore-torch`` (the reference package, when installed); ``sltrain``, ``lost`` and
-``lowrank`` (layers replaced by :class:`SparseLowRankLinear`, :class:`LOSTLinear` or
-:class:`LowRankLinear`, trained with AdamW). transformers is imported lazily.
+``adamw``; ``galore`` / ``galore-rsvd`` / ``galore-dct`` (:class:`GaLoreAdamW`); ``sltrain``,
+``lost`` and ``lowrank`` (layers replaced by :class:`SparseLowRankLinear`, :class:`LOSTLinear`
+or :class:`LowRankLinear`, trained with AdamW). Another optimizer (the benchmark's galore-torch
+reference, ``benchmarks/galore_reference.py``) comes in through ``pretrain(optimizer=...)``.
+transformers is imported lazily; ``lowrank.optim`` does not import this module.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,10 +22,10 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, LowRankError
-from .galore import BASIS_KEYS
+from .galore import BASIS_KEYS, GaLoreAdamW, galore_groups
 
-METHODS = ("adamw", "galore", "galore-svd", "galore-rsvd", "galore-dct", "galore-torch",
-           "sltrain", "lost", "lowrank")
+METHODS = ("adamw", "galore", "galore-svd", "galore-rsvd", "galore-dct", "sltrain", "lost",
+           "lowrank")
 
 
 @dataclass
@@ -80,13 +81,9 @@ class PretrainConfig:
             raise ConfigError(f"rank {self.rank} exceeds the model width {self.hidden} (the "
                               "smaller side of every projected matrix): use --rank "
                               f"{self.hidden} or less")
-        if self.per_layer and (not self.method.startswith("galore")
-                               or self.method == "galore-torch"):
+        if self.per_layer and not self.method.startswith("galore"):
             raise ConfigError(f"--per-layer is available for galore methods, not "
                               f"{self.method!r}")
-        if self.method == "galore-torch" and importlib.util.find_spec("galore_torch") is None:
-            raise ConfigError("method 'galore-torch' needs the reference package: "
-                              "pip install galore-torch")
 
 
 @dataclass
@@ -141,12 +138,10 @@ def build_llama(cfg: PretrainConfig) -> nn.Module:
 
 
 def _replace(model: nn.Module, factory) -> None:  # noqa: ANN001
-    from ..targets import select_linears
+    from ..surgery import replace_module, select_linears
 
     for name, lin in select_linears(model).items():
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, factory(name, lin))
+        replace_module(model, name, factory(name, lin))
 
 
 def matched_lowrank_rank(m: int, n: int, params: int) -> int:
@@ -181,31 +176,20 @@ def apply_method(model: nn.Module, cfg: PretrainConfig) -> None:
 
 
 def make_optimizer(model: nn.Module, cfg: PretrainConfig) -> torch.optim.Optimizer:
-    from .galore import GaLoreAdamW, galore_groups
-
+    """The method's optimizer: :class:`GaLoreAdamW` for the galore methods, else AdamW."""
     betas, eps, wd = (0.9, 0.999), 1e-8, cfg.weight_decay
     if cfg.method in ("galore", "galore-svd", "galore-rsvd", "galore-dct"):
         basis = cfg.method.split("-")[1] if "-" in cfg.method else "svd"
         groups = galore_groups(model, rank=cfg.rank, update_proj_gap=cfg.update_proj_gap,
                                scale=cfg.scale, basis=basis, seed=cfg.seed)
         return GaLoreAdamW(groups, lr=cfg.lr, betas=betas, eps=eps, weight_decay=wd)
-    if cfg.method == "galore-torch":
-        try:
-            from galore_torch import GaLoreAdamW as Reference
-        except ImportError as exc:
-            raise LowRankError("method 'galore-torch' needs the reference package: "
-                               "pip install galore-torch") from exc
-        groups = galore_groups(model, rank=cfg.rank, update_proj_gap=cfg.update_proj_gap,
-                               scale=cfg.scale)
-        for g in groups:
-            g.pop("basis", None)
-        return Reference(groups, lr=cfg.lr, betas=betas, eps=eps, weight_decay=wd)
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                              betas=betas, eps=eps, weight_decay=wd)
 
 
 def _state_bytes(opt: torch.optim.Optimizer) -> tuple[int, int, int, int]:
-    """(all state, moments of projected matrices, AdamW moments of those, projector bytes)."""
+    """(all state, moments of projected matrices, AdamW moments of those, projector bytes),
+    counting the tensors of the optimizer state."""
     total = projected = dense = projector = 0
     ranked = {id(p) for g in opt.param_groups if g.get("rank") is not None for p in g["params"]}
     for p, st in opt.state.items():
@@ -217,43 +201,9 @@ def _state_bytes(opt: torch.optim.Optimizer) -> tuple[int, int, int, int]:
                     projector += b
                 elif id(p) in ranked and key in ("exp_avg", "exp_avg_sq"):
                     projected += b
-            elif type(v).__name__ == "GaLoreProjector" and v.ortho_matrix is not None:
-                mats = v.ortho_matrix if isinstance(v.ortho_matrix, list) else [v.ortho_matrix]
-                b = sum(t.numel() * t.element_size() for t in mats)
-                total += b
-                projector += b
         if id(p) in ranked:
             dense += 2 * p.numel() * p.element_size()
     return total, projected, dense, projector
-
-
-class _RefreshTimer:
-    """Times galore-torch's basis computation (``GaLoreProjector.get_orthogonal_matrix``)."""
-
-    def __init__(self) -> None:
-        self.seconds, self.count, self._orig = 0.0, 0, None
-
-    def __enter__(self) -> _RefreshTimer:
-        try:
-            from galore_torch.galore_projector import GaLoreProjector
-        except ImportError:
-            return self
-        self._cls, self._orig = GaLoreProjector, GaLoreProjector.get_orthogonal_matrix
-        orig, timer = self._orig, self
-
-        def timed(proj, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
-            start = time.perf_counter()
-            out = orig(proj, *args, **kwargs)
-            timer.seconds += time.perf_counter() - start
-            timer.count += 1
-            return out
-
-        GaLoreProjector.get_orthogonal_matrix = timed
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._orig is not None:
-            self._cls.get_orthogonal_matrix = self._orig
 
 
 @torch.no_grad()
@@ -276,8 +226,14 @@ def evaluate(model: nn.Module, val: torch.Tensor, seq_len: int, batches: int,
 
 
 def pretrain(cfg: PretrainConfig, data: tuple[torch.Tensor, torch.Tensor] | None = None,
-             quiet: bool = True, log=None) -> PretrainResult:  # noqa: ANN001
-    """Train one configuration; same seed means same init, same batches, same tokens."""
+             quiet: bool = True, log: Callable[[str], None] | None = None,
+             optimizer: Callable[[nn.Module, PretrainConfig], torch.optim.Optimizer]
+             | None = None) -> PretrainResult:
+    """Train one configuration; same seed means same init, same batches, same tokens.
+
+    ``optimizer(model, cfg)`` replaces :func:`make_optimizer` (e.g. a reference
+    implementation to compare against); basis refresh times are those of
+    :class:`GaLoreAdamW`, zero for any other optimizer."""
     import resource
 
     from ..utils.progress import progress
@@ -286,7 +242,7 @@ def pretrain(cfg: PretrainConfig, data: tuple[torch.Tensor, torch.Tensor] | None
     train, val = data if data is not None else text_data()
     model = build_llama(cfg)
     apply_method(model, cfg)
-    opt = make_optimizer(model, cfg)
+    opt = (optimizer or make_optimizer)(model, cfg)
     est = estimate_memory(model, opt, per_layer=cfg.per_layer)
     if log is not None:
         log(str(est))
@@ -307,27 +263,24 @@ def pretrain(cfg: PretrainConfig, data: tuple[torch.Tensor, torch.Tensor] | None
     offs = torch.arange(cfg.seq_len)
     losses: list[float] = []
     model.train()
-    with _RefreshTimer() as ref_timer:
-        t0, c0 = time.perf_counter(), time.process_time()
-        for step in progress(range(cfg.steps), f"train {cfg.method}", quiet=quiet):
-            idx = starts[step][:, None] + offs
-            x, y = train[idx], train[idx + 1]
-            logits = model(input_ids=x).logits
-            loss = nn.functional.cross_entropy(logits.reshape(-1, 256), y.reshape(-1))
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            sched.step()
-            losses.append(float(loss.item()))
-            if not math.isfinite(losses[-1]):
-                break
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
+    for step in progress(range(cfg.steps), f"train {cfg.method}", quiet=quiet):
+        idx = starts[step][:, None] + offs
+        x, y = train[idx], train[idx + 1]
+        logits = model(input_ids=x).logits
+        loss = nn.functional.cross_entropy(logits.reshape(-1, 256), y.reshape(-1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+        losses.append(float(loss.item()))
+        if not math.isfinite(losses[-1]):
+            break
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     val_loss = evaluate(model, val, cfg.seq_len, cfg.eval_batches, cfg.batch_size)
     total, projected, dense, projector = _state_bytes(opt)
-    refresh_s = getattr(opt, "refresh_seconds", ref_timer.seconds)
-    refresh_n = getattr(opt, "refresh_count", ref_timer.count)
-    if cfg.method == "galore-torch":
-        refresh_s, refresh_n = ref_timer.seconds, ref_timer.count
+    refresh_s, refresh_n = (opt.refresh_seconds, opt.refresh_count) \
+        if isinstance(opt, GaLoreAdamW) else (0.0, 0)
     result = PretrainResult(
         config=asdict(cfg),
         params_total=sum(p.numel() for p in model.parameters()),

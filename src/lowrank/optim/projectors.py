@@ -19,6 +19,7 @@ import zlib
 import torch
 
 from ..errors import ConfigError
+from ..linalg.svd import range_finder
 
 LEFT, RIGHT, BOTH = 0, 1, 2
 BASES = ("svd", "rsvd", "dct")
@@ -121,11 +122,7 @@ def rsvd_basis(grad: torch.Tensor, side: int, rank: int, seed: int, oversample: 
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     # range of G^T (row space) for a right basis, range of G (column space) otherwise
     a = g.T if side == RIGHT else g
-    omega = torch.randn(a.shape[1], k, generator=gen, dtype=g.dtype).to(g.device)
-    y, _ = torch.linalg.qr(a @ omega)
-    for _ in range(power_iters):
-        z, _ = torch.linalg.qr(a.T @ y)
-        y, _ = torch.linalg.qr(a @ z)
+    y = range_finder(a, k, power_iters, gen)
     ub, _, vbh = torch.linalg.svd(y.T @ a, full_matrices=False)  # a ~ (y ub) s vbh
     u = y @ ub
     if side == RIGHT:  # a = G^T: its left singular vectors are G's right ones

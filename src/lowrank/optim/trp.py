@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..surgery import replace_module, select_linears
 
 
 def energy_rank(singular_values: torch.Tensor, energy: float) -> int:
@@ -54,8 +55,6 @@ class TrainedRankPruning:
             self.modules = {n: m for n, m in model.named_modules()
                             if isinstance(m, (nn.Linear, nn.Conv2d))}
         else:
-            from ..targets import select_linears
-
             self.modules = dict(select_linears(model, targets))
         if not self.modules:
             raise ConfigError("TrainedRankPruning found no nn.Linear or nn.Conv2d to regularize")
@@ -108,10 +107,7 @@ class TrainedRankPruning:
                 continue
             s = torch.linalg.svdvals(m.weight.double())
             k = max(1, int((s >= threshold).sum()))
-            new = LowRankLinear.from_linear(m, k)
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, new)
+            replace_module(model, name, LowRankLinear.from_linear(m, k))
             ranks[name] = k
             self.modules.pop(name)
         return ranks

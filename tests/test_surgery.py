@@ -1,12 +1,25 @@
-"""Module selection: class names, dotted suffixes, 're:' patterns, containers, ignore, defaults."""
+"""Model surgery: selection (class names, dotted suffixes, 're:' patterns, callable filters,
+containers, ignore, defaults), replacement and input capture."""
 
 from __future__ import annotations
 
+from contextlib import suppress
+
 import pytest
+import torch
 from torch import nn
 
 from lowrank.errors import LowRankError, TargetError
-from lowrank.targets import CONV, LINEAR, default_targets, select_linears
+from lowrank.surgery import (
+    CONV,
+    LINEAR,
+    LINEAR_OR_CONV,
+    StopForward,
+    capture_inputs,
+    default_targets,
+    replace_module,
+    select_linears,
+)
 
 BERT_LINEARS = ["attention.self.query", "attention.self.key", "attention.self.value",
                 "attention.output.dense", "intermediate.dense", "output.dense"]
@@ -132,3 +145,94 @@ def test_conv_kind_selects_plain_convolutions_with_the_same_grammar():
         CONV.select(model, "re:([")
     with pytest.raises(TargetError, match="select no plain Conv2d"):
         CONV.select(model, "4")
+
+
+def test_callable_filter(tiny_bert):
+    def wide(name, module):
+        return isinstance(module, nn.Linear) and module.out_features > 64
+
+    assert list(select_linears(tiny_bert, wide)) == [
+        f"encoder.layer.{i}.intermediate.dense" for i in range(2)]
+    names = list(select_linears(tiny_bert, ignore=[wide, "query"]))
+    assert len(names) == 8 and not any(n.endswith(("intermediate.dense", "query"))
+                                       for n in names)
+    with pytest.raises(TargetError, match="filter .* matches no module"):
+        select_linears(tiny_bert, lambda name, module: False)
+
+
+def test_linear_or_conv_kind():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv1d(2, 4, 3)
+            self.blocks = nn.ModuleList([nn.Sequential(nn.Linear(4, 4), nn.Conv2d(4, 4, 1))
+                                         for _ in range(2)])
+            self.head = nn.Linear(4, 1)
+
+    net = Net()
+    # default: the block linears plus every convolution, in model order
+    assert list(LINEAR_OR_CONV.select(net)) == ["stem", "blocks.0.0", "blocks.0.1",
+                                                "blocks.1.0", "blocks.1.1"]
+    assert list(LINEAR_OR_CONV.select(net, "re:blocks\\.1.*", ignore="Linear")) == [
+        "blocks.1.1"]
+    with pytest.raises(TargetError, match="select no linear or conv module"):
+        LINEAR_OR_CONV.select(net, "stem", ignore="Conv1d")
+    with pytest.raises(TargetError, match="invalid regular expression"):
+        LINEAR_OR_CONV.select(net, "re:([")
+
+
+def test_replace_module():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.ReLU(), nn.Linear(2, 3)))
+    new = nn.Linear(2, 5)
+    replace_module(model, "1.1", new)
+    assert model[1][1] is new
+    replace_module(model, "0", nn.Identity())
+    assert isinstance(model[0], nn.Identity)
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+
+
+def test_capture_stores_calls_and_removes_hooks():
+    net = _net()
+    x = torch.randn(5, 3)
+    with capture_inputs({"first": net[0], "last": net[2]}) as calls:
+        net(x)
+        net(x)
+    assert [len(calls["first"]), len(calls["last"])] == [2, 2]
+    assert torch.equal(calls["first"][0].args[0], x)
+    assert torch.equal(calls["last"][1].args[0], torch.relu(net[0](x)))
+    assert calls["first"][0].output is None
+    assert not net[0]._forward_pre_hooks and not net[2]._forward_pre_hooks
+
+
+def test_capture_streams_to_a_callback_with_outputs():
+    net = _net()
+    x = torch.randn(5, 3)
+    seen = []
+    with capture_inputs({"first": net[0]}, lambda name, call: seen.append(
+            (name, call.args[0].sum().item(), call.output.shape)), outputs=True) as calls:
+        out = net(x)
+    assert calls == {"first": []}  # nothing stored
+    assert seen == [("first", x.sum().item(), torch.Size([5, 4]))]
+    assert torch.equal(out, net(x)) and not net[0]._forward_hooks
+
+
+def test_capture_stop_ends_the_pass_and_hooks_go_on_errors():
+    net = _net()
+    x = torch.randn(5, 3)
+    ran = []
+    net[2].register_forward_pre_hook(lambda m, a: ran.append(True))
+    with capture_inputs({"first": net[0]}, stop=True) as calls:
+        with pytest.raises(StopForward):
+            net(x)
+        with suppress(StopForward):
+            net(x)
+    assert len(calls["first"]) == 2 and not ran  # never reached the last layer
+    with pytest.raises(RuntimeError), capture_inputs({"first": net[0]}):
+        net(torch.randn(5, 7))  # wrong width: the pass fails inside the block
+    assert not net[0]._forward_pre_hooks
+    net(x)
+    assert ran == [True]

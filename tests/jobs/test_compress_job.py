@@ -1,38 +1,21 @@
-"""Method configs from CLI-style options."""
+"""The compress and eval jobs end to end on a tiny model directory."""
 
 from __future__ import annotations
 
+import copy
+import json
+
 import pytest
 
+import lowrank
 from lowrank.errors import ConfigError
-from lowrank.workflow import make_config
-
-
-def test_make_config_fills_only_given_options():
-    config = make_config("svdllm", keep=0.6, alloc=None, mode="sequential", seed=3)
-    assert (config.keep, config.alloc, config.mode, config.seed) == (0.6, "uniform",
-                                                                     "sequential", 3)
-    eora = make_config("eora", rank=16, base="quant-int8", keep=None)
-    assert eora.rank == 16 and eora.base == "quant-int8"
-
-
-def test_make_config_rejects_foreign_options():
-    with pytest.raises(ConfigError, match="no field keep"):
-        make_config("eora", keep=0.5)
-    with pytest.raises(ConfigError, match="unknown method"):
-        make_config("nope")
+from lowrank.jobs import compress_job, eval_job
 
 
 def test_compress_job_on_a_tiny_model_directory_with_fine_tuning(tiny_bert, tokenizer,
                                                                    tmp_path):
     """The whole job (load, calibrate, compress, fine-tune, evaluate, save, report) on a tiny
     BERT saved as a Hugging Face directory; results are tagged fine_tuned."""
-    import copy
-    import json
-
-    import lowrank
-    from lowrank.workflow import compress_job, eval_job
-
     source = tmp_path / "tiny"
     copy.deepcopy(tiny_bert).save_pretrained(source)
     tokenizer.save_pretrained(source)
@@ -47,6 +30,7 @@ def test_compress_job_on_a_tiny_model_directory_with_fine_tuning(tiny_bert, toke
     report = json.loads((out / "report.json").read_text())
     assert report["fine_tune"]["tag"] == "fine_tuned"
     assert "fine_tune" in report["result"]["timings"]
+    assert report["data"]["seq_len"] == 32 and report["data"]["evaluation_overlap_passages"] == 0
     reloaded = lowrank.load(out)
     assert any(isinstance(m, lowrank.LowRankLinear) for m in reloaded.modules())
     evaluated = eval_job(str(out), quiet=True, seq_len=32)
