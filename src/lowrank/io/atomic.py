@@ -2,7 +2,7 @@
 
 Every directory lowrank writes (``lowrank compress`` / ``train`` outputs, :func:`lowrank.save`,
 adapter and PEFT exports) goes through :func:`atomic_directory`: it is built in a hidden
-sibling ``.NAME.tmp-PID-XXXX`` and renamed into place only when complete, so a crash or a
+sibling ``.NAME.tmp-<pid>-<random>`` and renamed into place only when complete, so a crash or a
 signal leaves the previous output or none, never half of one. The rules it enforces:
 
 - it replaces an existing directory only when that directory is empty or is a previous lowrank

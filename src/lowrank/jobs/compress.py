@@ -21,9 +21,10 @@ from ..io.atomic import atomic_directory, check_output_dir
 from ..io.checkpoint import write_checkpoint
 from ..models.loading import DEFAULT_MODEL_NAME, LoadedModel, load_model, peek_kind
 from ..surgery import LINEAR
+from ..utils.checks import check_int
 from ..utils.env import environment, resolve_device
 from ..utils.log import StageLog
-from .inputs import ImageData, JobData, TextData, check_count
+from .inputs import ImageData, JobData, TextData
 
 DEFAULT_OUT = "lowrank-out"
 
@@ -65,11 +66,10 @@ def compress_job(
     log = StageLog(quiet)
     # validate everything cheap before any heavy work: nothing is loaded or written until the
     # options, paths, device, model config and data have all been checked
-    check_count("finetune_steps", finetune_steps, 0)
-    check_count("samples", samples, MIN_CALIBRATION_PASSAGES,
-                "the fewest calibration passages or images a run uses")
-    check_count("seq_len", seq_len, 2)
-    check_count("seed", seed, 0)
+    check_int("finetune_steps", finetune_steps, 0)
+    check_int("samples", samples, MIN_CALIBRATION_PASSAGES)
+    check_int("seq_len", seq_len, 2)
+    check_int("seed", seed, 0)
     out_path = check_output_dir(out, overwrite=overwrite)
     device = resolve_device(device)
     options = {k: v for k, v in (options or {}).items() if v is not None}

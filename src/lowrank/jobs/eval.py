@@ -11,9 +11,10 @@ from ..eval import Evaluator
 from ..io.checkpoint import load as load_checkpoint
 from ..models.loading import DEFAULT_MODEL_NAME, load_model, peek_kind
 from ..nn import count_parameters
+from ..utils.checks import check_int
 from ..utils.env import resolve_device
 from ..utils.log import StageLog
-from .inputs import check_count, check_seq_len, describe_source, model_images
+from .inputs import check_seq_len, describe_source, model_images
 
 
 def eval_job(
@@ -32,7 +33,7 @@ def eval_job(
     perplexity for causal LMs).
     """
     log = StageLog(quiet)
-    check_count("seq_len", seq_len, 2)
+    check_int("seq_len", seq_len, 2)
     device = resolve_device(device)
     vision = peek_kind(model_or_dir) == "vision"
     if vision:

@@ -28,15 +28,7 @@ from ..compress.result import CompressResult
 from ..data.images import Images, image_files, image_size, prepare_images, read_images
 from ..defaults import describe_config
 from ..errors import ConfigError, DataError
-from ..models.config import model_positions
-from ..models.loading import DEFAULT_MODEL_NAME, LoadedModel
-
-
-def check_count(name: str, value: Any, minimum: int, why: str = "") -> None:
-    """An integer option at least ``minimum`` (bools are not counts)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}"
-                          + (f" ({why})" if why else "") + f", got {value!r}")
+from ..models.loading import DEFAULT_MODEL_NAME, LoadedModel, model_positions
 
 
 def check_seq_len(model: str | None, seq_len: int) -> None:

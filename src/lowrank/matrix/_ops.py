@@ -81,6 +81,21 @@ class DenseOperator:
 Operator = EntryOperator | DenseOperator
 
 
+def random_factors(shape: tuple[int, int], rank: int, init_scale: float, scale: float,
+                   symmetric: bool, gen: torch.Generator, like: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Small random start ``U`` (m x rank), ``V`` (n x rank; ``V is U`` when symmetric): entries
+    ``N(0, 1/m)`` / ``N(0, 1/n)`` times ``init_scale * sqrt(scale)``, in ``like``'s dtype and
+    device."""
+    m, n = shape
+    U = torch.randn(m, rank, generator=gen, dtype=like.dtype, device=like.device) / math.sqrt(m)
+    U = U * init_scale * math.sqrt(scale)
+    if symmetric:
+        return U, U
+    V = torch.randn(n, rank, generator=gen, dtype=like.dtype, device=like.device) / math.sqrt(n)
+    return U, V * init_scale * math.sqrt(scale)
+
+
 def subgradient_l1(op: Operator, y: torch.Tensor, rank: int, *, symmetric: bool,
                    init_scale: float, step: float, decay: float, max_iter: int,
                    scale: float, gen: torch.Generator, verbose: bool | None = None,
@@ -95,15 +110,7 @@ def subgradient_l1(op: Operator, y: torch.Tensor, rank: int, *, symmetric: bool,
     ``symmetric=True`` fits ``X = U U^T`` (``V`` is ``U``). Returns ``U, V, history`` where
     ``history`` is the l1 loss relative to ``mean |y|``.
     """
-    m, n = op.shape
-    dt, dev = y.dtype, y.device
-    U = torch.randn(m, rank, generator=gen, dtype=dt, device=dev) / math.sqrt(m)
-    U = U * init_scale * math.sqrt(scale)
-    if symmetric:
-        V = U
-    else:
-        V = torch.randn(n, rank, generator=gen, dtype=dt, device=dev) / math.sqrt(n)
-        V = V * init_scale * math.sqrt(scale)
+    U, V = random_factors(op.shape, rank, init_scale, scale, symmetric, gen, y)
     y_l1 = float(y.abs().mean()) or 1.0
     history: list[float] = []
     quiet = (y.numel() * rank * max_iter < 5e9) if verbose is None else not verbose

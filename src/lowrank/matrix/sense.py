@@ -29,7 +29,7 @@ from lowrank.utils.checks import check_finite, check_finite_values, check_int, c
 from lowrank.utils.progress import progress
 
 from ._data import check_result, generator, pow2_exponent
-from ._ops import DenseOperator, subgradient_l1
+from ._ops import DenseOperator, random_factors, subgradient_l1
 from .complete import Recovery
 
 
@@ -98,7 +98,6 @@ def factored_gd(op: DenseOperator, y: torch.Tensor, rank: int, *, symmetric: boo
     ``F^T F = I`` assumes ``||X||_2 = 1``), so the method is invariant to the scale of ``X``.
     """
     m, n = op.shape
-    dt, dev = y.dtype, y.device
     c = float((op.A * op.A).sum()) / (m * n)
     if c == 0:
         raise DataError("every measurement matrix A_i is zero")
@@ -107,13 +106,7 @@ def factored_gd(op: DenseOperator, y: torch.Tensor, rank: int, *, symmetric: boo
     c = max(c, _top_eigenvalue(op.A, gen) / 4)
     sigma = float(torch.linalg.matrix_norm(op.adjoint_dense(y) / c, ord=2)) or 1.0
     eta = step / (c * sigma)
-    F = torch.randn(m, rank, generator=gen, dtype=dt, device=dev) / math.sqrt(m)
-    F = F * init_scale * math.sqrt(sigma)
-    if symmetric:
-        G = F
-    else:
-        G = torch.randn(n, rank, generator=gen, dtype=dt, device=dev) / math.sqrt(n)
-        G = G * init_scale * math.sqrt(sigma)
+    F, G = random_factors((m, n), rank, init_scale, sigma, symmetric, gen, y)
     ynorm = float(y.norm()) or 1.0
     history: list[float] = []
     converged = False

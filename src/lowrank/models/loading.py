@@ -103,23 +103,47 @@ def is_causal_lm(model: nn.Module) -> bool:
     return hasattr(model, "lm_head")
 
 
-def peek_kind(name_or_path: str | os.PathLike | None) -> ModelKind | None:
-    """The kind of a model from its ``config.json`` alone (no weights loaded): cheap enough to
-    validate options before loading. ``None`` when the config cannot be found or read (then
-    :func:`load_model` reports the problem)."""
+def peek_config(name_or_path: str | os.PathLike | None) -> Any | None:
+    """A model's transformers config from its ``config.json`` alone (no weights loaded), from
+    local files only: cheap enough to validate options before loading. ``None`` (the embedded
+    default included) resolves to the embedded model; ``None`` is returned when the config
+    cannot be found or read (then :func:`load_model` reports the problem)."""
     if name_or_path is None:
-        return "encoder"  # the embedded MiniLM
-    path = Path(name_or_path)
-    if not path.exists():
-        path = _cached_snapshot(str(name_or_path))
-        if path is None:  # neither a directory nor cached (never asks the network)
-            return None
+        path: Path | None = default_model_path()
+    else:
+        path = Path(name_or_path)
+        if not path.exists():
+            path = _cached_snapshot(str(name_or_path))
+            if path is None:  # neither a directory nor cached (never asks the network)
+                return None
     try:
         transformers = _require_transformers()
-        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+        return transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
     except Exception:  # noqa: BLE001 - not readable: load_model says why
         return None
-    return model_kind(config)
+
+
+def peek_kind(name_or_path: str | os.PathLike | None) -> ModelKind | None:
+    """The kind of a model from :func:`peek_config` (``None`` when it cannot be read)."""
+    if name_or_path is None:
+        return "encoder"  # the embedded MiniLM
+    config = peek_config(name_or_path)
+    return None if config is None else model_kind(config)
+
+
+#: Config fields that bound the sequence length, in the order transformers' models use them.
+POSITION_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "n_ctx")
+
+
+def model_positions(name_or_path: str | os.PathLike | None) -> int | None:
+    """The most tokens per sequence the model's config allows (``None`` when the config
+    cannot be read or declares no bound)."""
+    config = peek_config(name_or_path)
+    for field in POSITION_FIELDS:
+        value = getattr(config, field, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def _require_transformers():

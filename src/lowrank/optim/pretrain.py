@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, LowRankError
+from ..utils.checks import check_finite, check_int
 from .galore import BASIS_KEYS, GaLoreAdamW, galore_groups
 
 METHODS = ("adamw", "galore", "galore-svd", "galore-rsvd", "galore-dct", "sltrain", "lost",
@@ -61,19 +62,12 @@ class PretrainConfig:
             raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
         for key in ("steps", "batch_size", "seq_len", "hidden", "layers", "heads", "kv_heads",
                     "intermediate", "rank", "update_proj_gap", "eval_batches"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{key} must be a positive int, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"seed must be an int >= 0, got {self.seed!r}")
+            check_int(key, getattr(self, key))
+        check_int("seed", self.seed, 0)
         for key in ("lr", "scale", "sl_alpha", "lost_gamma"):
-            value = getattr(self, key)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ConfigError(f"{key} must be a finite number > 0, got {value!r}")
+            check_finite(key, getattr(self, key), 0, low_open=True)
         for key in ("weight_decay", "warmup", "sl_density", "lost_sparsity"):
-            value = getattr(self, key)  # fractions (weight decay: decoupled, per step)
-            if not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                raise ConfigError(f"{key} must be a number in [0, 1], got {value!r}")
+            check_finite(key, getattr(self, key), 0, 1)  # fractions (weight decay: per step)
         if self.hidden % self.heads or self.heads % self.kv_heads:
             raise ConfigError(f"hidden {self.hidden} must be a multiple of heads {self.heads}, "
                               f"and heads a multiple of kv_heads {self.kv_heads}")
