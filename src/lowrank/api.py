@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .calib.data import TextSource, TokenizedText, read_texts, tokenize
+from .calib.distributed import Dist, collect_statistics_distributed
 from .calib.stats import CalibrationStats, collect_statistics
-from .compress.base import Calibration, CompressionConfig, output_error
+from .compress.base import Calibration, CompressionConfig, MethodOutcome, output_error
 from .compress.result import CompressResult
 from .errors import ConfigError, DataError, LowRankError
 from .models.loading import is_causal_lm
 from .nn import StructuredLayer, count_bytes, count_parameters
 from .surgery import LINEAR, replace_module
+
+if TYPE_CHECKING:
+    from .models.lazy import LazyModel
 
 MANIFEST_ATTR = "lowrank_manifest"
 
@@ -57,9 +61,10 @@ def calibrate(
     max_samples: int = 256,
     batch_size: int = 16,
     quiet: bool = True,
+    dist: Dist | None = None,
 ) -> CalibrationStats:
     """Collect the statistics ``config`` needs for its targeted linear layers (one pass over
-    data)."""
+    data; with ``dist``, each rank's share of the passages, summed over the ranks)."""
     modules = LINEAR.select(model, config.targets, config.ignore)
     if isinstance(data, TokenizedText):
         tokens = data
@@ -69,12 +74,16 @@ def calibrate(
     fisher = _fisher_loss(model) if "fisher" in config.statistics else None
     if fisher == "contrastive" and tokenizer is None:
         tokenizer = _guess_tokenizer(model)
+    if dist is not None and dist.active:
+        return collect_statistics_distributed(model, modules, tokens, dist, fisher_loss=fisher,
+                                              tokenizer=tokenizer, batch_size=batch_size,
+                                              quiet=quiet)
     return collect_statistics(model, modules, tokens, fisher_loss=fisher, tokenizer=tokenizer,
                               batch_size=batch_size, quiet=quiet)
 
 
 def compress(
-    model: nn.Module,
+    model: nn.Module | LazyModel,
     config: CompressionConfig,
     data: TextSource | TokenizedText | torch.Tensor = None,
     *,
@@ -84,6 +93,10 @@ def compress(
     max_samples: int = 256,
     batch_size: int = 16,
     quiet: bool = True,
+    pipeline: str = "auto",
+    device: str | torch.device | None = None,
+    sequential: bool = False,
+    dist: Dist | None = None,
 ) -> CompressResult:
     """Compress ``model`` in place with ``config``; return what was done and measured.
 
@@ -96,7 +109,30 @@ def compress(
     place (factorizations put a :class:`~lowrank.nn.LowRankLinear` at each allocated rank, or
     leave a matrix dense where that would not save; EoRA wraps a compressed layer with its
     low-rank compensation; quantization and pruning replace or mask the weight).
+
+    ``pipeline``: ``"whole"`` calibrates and compresses the model at once; ``"layerwise"``
+    one transformer block at a time on ``device`` (:mod:`lowrank.compress.layerwise`; equal
+    results, memory of one block); ``"auto"`` (default) is layer-wise for a
+    :class:`~lowrank.models.lazy.LazyModel` (blocks materialised from the checkpoint on
+    demand) and whenever the whole-model pass would not fit the device's free memory.
+    ``sequential=True`` (layer-wise only) calibrates each block on the outputs of the
+    already-compressed blocks before it. ``dist`` (:class:`~lowrank.calib.distributed.Dist`,
+    e.g. ``Dist.from_env()`` under ``torchrun``) splits the calibration passages over the
+    ranks, all-reduces the statistics and spreads the factorizations' decompositions; every
+    rank ends with the same compressed model as a single process.
     """
+    from .compress.layerwise import PIPELINES, choose_pipeline, compress_layerwise
+    from .models.lazy import LazyModel
+
+    if pipeline not in PIPELINES:
+        raise ConfigError(f"pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
+    access = None
+    if isinstance(model, LazyModel):
+        if pipeline == "whole":
+            raise ConfigError("a LazyModel holds one block at a time: use pipeline='layerwise' "
+                              "(or 'auto'), or load the whole model with lowrank.models."
+                              "load_model for pipeline='whole'")
+        access, model = model, model.model
     if not isinstance(config, CompressionConfig):
         raise ConfigError(f"config must be a method config such as lowrank.SVDLLM(keep=0.8), "
                           f"got {type(config).__name__}")
@@ -118,9 +154,30 @@ def compress(
         if tokenizer is None and not isinstance(data, TokenizedText):
             tokenizer = _guess_tokenizer(model)
         tokens = _tokens(data, tokenizer, seq_len, max_samples)
+    if choose_pipeline(pipeline, model, config, access, device) == "layerwise":
+        if stats is not None or tokens is None:
+            raise ConfigError("the layer-wise pipeline streams calibration text through the "
+                              "blocks and collects each block's statistics itself: pass "
+                              "data=<texts> and no stats=")
+        if access is None:
+            from .blocks import ResidentBlocks
+
+            access = ResidentBlocks(model, device)
+        if "fisher" in config.statistics and tokenizer is None \
+                and not is_causal_lm(model):
+            tokenizer = _guess_tokenizer(model)
+        outcome, meta = compress_layerwise(access, config, modules, tokens,
+                                           batch_size=batch_size, sequential=sequential,
+                                           quiet=quiet, tokenizer=tokenizer, dist=dist)
+        _require_finite(model, [m.name for m in outcome.reports], config.method)
+        timings["compression"] = timings["total"] = time.perf_counter() - t0
+        return _result(model, config, outcome, meta, timings, params_before, bytes_before)
+    if sequential:
+        raise ConfigError("sequential=True calibrates block by block: use "
+                          "pipeline='layerwise'")
     if stats is None and tokens is not None and config.selects is LINEAR:
         stats = calibrate(model, config, tokens, tokenizer=tokenizer, batch_size=batch_size,
-                          quiet=quiet)
+                          quiet=quiet, dist=dist)
         timings["calibration"] = time.perf_counter() - t0
     _require_inputs(config, stats, tokens, images)
     if stats is not None:
@@ -131,7 +188,7 @@ def compress(
     original = copy.deepcopy(model) if config.refines else None
 
     t1 = time.perf_counter()
-    outcome = config.apply(model, modules, Calibration(stats, tokens, images))
+    outcome = config.apply(model, modules, Calibration(stats, tokens, images, dist))
     reports = outcome.reports
     _require_finite(model, [m.name for m in reports], config.method)
     timings["compression"] = time.perf_counter() - t1
@@ -150,16 +207,22 @@ def compress(
         del original
         timings["refine"] = time.perf_counter() - t4
     timings["total"] = time.perf_counter() - t0
+    meta = {**stats.meta, "pipeline": "whole"} if stats is not None else {}
+    return _result(model, config, outcome, meta, timings, params_before, bytes_before)
 
+
+def _result(model: nn.Module, config: CompressionConfig, outcome: MethodOutcome,
+            calibration: dict[str, Any], timings: dict[str, float], params_before: int,
+            bytes_before: int) -> CompressResult:
+    """The :class:`CompressResult` of a finished compression (and the model's manifest)."""
     result = CompressResult(
         method=config.to_dict(), keep_target=outcome.keep_target,
         keep_actual=outcome.params_after / max(outcome.params_before, 1),
         targeted_params_before=outcome.params_before,
         targeted_params_after=outcome.params_after,
         params_before=params_before, params_after=count_parameters(model),
-        bytes_before=bytes_before, bytes_after=count_bytes(model), modules=reports,
-        allocation=outcome.allocation, timings=timings,
-        calibration=dict(stats.meta) if stats is not None else {},
+        bytes_before=bytes_before, bytes_after=count_bytes(model), modules=outcome.reports,
+        allocation=outcome.allocation, timings=timings, calibration=dict(calibration),
     )
     setattr(model, MANIFEST_ATTR, {"method": config.to_dict()})
     return result

@@ -358,7 +358,7 @@ def test_save_failure_leaves_no_directory(tiny_bert, tmp_path, monkeypatch):
     def explode(*_args, **_kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("safetensors.torch.save_model", explode)
+    monkeypatch.setattr("lowrank.io.shards.write_safetensors", explode)
     with pytest.raises(OSError, match="disk full"):
         lowrank.save(_compressed(tiny_bert), tmp_path / "out")
     assert list(tmp_path.iterdir()) == []

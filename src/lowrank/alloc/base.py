@@ -46,6 +46,9 @@ class RankAllocator(Allocator, ABC):
     """Ranks per matrix under ``keep`` of the targeted parameters."""
 
     needs_weight_spectrum: ClassVar[bool] = False
+    #: Whether the ranks depend on the spectra (``False``: on the shapes alone, so the
+    #: layer-wise pipeline allocates before decomposing anything).
+    needs_spectrum: ClassVar[bool] = True
 
     @abstractmethod
     def allocate(self, items: Sequence[BudgetItem], keep: float, *,

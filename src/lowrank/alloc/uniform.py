@@ -28,6 +28,7 @@ class Uniform(RankAllocator):
     """
 
     name = "uniform"
+    needs_spectrum = False
 
     def allocate(self, items: Sequence[BudgetItem], keep: float, *,
                  constraints: RankConstraints = UNCONSTRAINED,

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..blocks import BlockCall, run_block
 from ..errors import DataError, ModelFileError
 from ..linalg import GramRoot, sqrt_gram
 from ..surgery import ModuleCall, capture_inputs
@@ -37,6 +38,24 @@ class SiteStats:
     abs_sum: torch.Tensor  # (n,) float64, sum of |x|
     tokens: int = 0
     sum: torch.Tensor | None = None  # (n,) float64, sum of x (output moments follow from it)
+
+    @classmethod
+    def empty(cls, n: int, device: torch.device | str) -> SiteStats:
+        """Zero sums for an input of width ``n``."""
+        return cls(torch.zeros(n, n, dtype=torch.float64, device=device),
+                   torch.zeros(n, dtype=torch.float64, device=device), 0,
+                   torch.zeros(n, dtype=torch.float64, device=device))
+
+    def add(self, rows: torch.Tensor, site: str, product_dtype: torch.dtype) -> None:
+        """Add the real-token input rows ``(tokens, n)`` of one batch; NaN/inf refused."""
+        abs_sum = rows.abs().sum(0, dtype=torch.float64)
+        if not bool(torch.isfinite(abs_sum).all()):  # a float64 sum of finite rows is finite
+            raise DataError(non_finite("calibration inputs", site, rows.dtype))
+        xp = rows.to(product_dtype)  # half-precision rows are upcast before the product
+        self.gram += (xp.T @ xp).to(torch.float64)
+        self.abs_sum += abs_sum
+        self.sum += rows.sum(0, dtype=torch.float64)
+        self.tokens += int(rows.shape[0])
 
     @property
     def abs_mean(self) -> torch.Tensor:
@@ -233,7 +252,10 @@ def collect_statistics(
     Each batch's ``X^T X`` (at most ``batch_size * seq_len`` tokens) is formed in
     ``product_dtype`` and added to a float64 accumulator: float32 products cost about half
     of float64 ones on CPU and changed no measured result (embedding cosine equal to 1e-7 on
-    MiniLM); pass ``torch.float64`` for fully float64 statistics.
+    MiniLM); pass ``torch.float64`` for fully float64 statistics. A model run in bfloat16 or
+    float16 has its activations upcast to ``product_dtype`` before the product; a batch whose
+    inputs (or, for Fisher, gradients) hold NaN/inf, as overflowing float16 activations do,
+    raises :class:`DataError` naming the module and dtype: nothing non-finite is accumulated.
     """
     if not modules:
         raise DataError("no modules to collect statistics for")
@@ -242,20 +264,11 @@ def collect_statistics(
     stats = CalibrationStats(module_site=sites)
     for name, site in sites.items():
         if site == name:
-            n = modules[name].in_features
-            stats.sites[site] = SiteStats(torch.zeros(n, n, dtype=torch.float64, device=device),
-                                          torch.zeros(n, dtype=torch.float64, device=device),
-                                          0, torch.zeros(n, dtype=torch.float64, device=device))
+            stats.sites[site] = SiteStats.empty(modules[name].in_features, device)
     current_mask: list[torch.Tensor] = []
 
     def accumulate(site: str, call: ModuleCall) -> None:  # streaming: nothing is stored
-        entry = stats.sites[site]
-        flat = masked_rows(call.args[0], current_mask[0])
-        xp = flat.to(product_dtype)
-        entry.gram += (xp.T @ xp).to(torch.float64)
-        entry.abs_sum += flat.abs().sum(0, dtype=torch.float64)
-        entry.sum += flat.sum(0, dtype=torch.float64)
-        entry.tokens += int(flat.shape[0])
+        stats.sites[site].add(masked_rows(call.args[0], current_mask[0]), site, product_dtype)
 
     vocab = int(getattr(_input_embeddings(model), "num_embeddings", 0) or 0)
     with capture_inputs({site: modules[site] for site in stats.sites}, accumulate), \
@@ -277,12 +290,84 @@ def collect_statistics(
     return stats
 
 
+def block_statistics(
+    block: nn.Module,
+    modules: dict[str, nn.Linear],
+    calls: list[BlockCall],
+    masks: list[torch.Tensor],
+    *,
+    product_dtype: torch.dtype = torch.float32,
+) -> tuple[CalibrationStats, list[torch.Tensor]]:
+    """:func:`collect_statistics` for the ``modules`` (full names) of one block, run alone on
+    its stored inputs ``calls`` (one per batch, ``masks`` their attention masks); also
+    returns the block's outputs. Sites and sums are those the whole-model pass collects."""
+    stats = CalibrationStats()
+    device = next(iter(modules.values())).weight.device
+    seen: list[tuple[torch.Tensor, str]] = []
+    mask: list[torch.Tensor] = []
+
+    def accumulate(name: str, call: ModuleCall) -> None:
+        site = stats.module_site.get(name)
+        if site is None:  # first batch: modules fed the very same tensor share a site
+            x = call.args[0]
+            site = next((s for other, s in seen if other is x), name)
+            if site == name:
+                seen.append((x, name))
+                stats.sites[site] = SiteStats.empty(modules[name].in_features, device)
+            stats.module_site[name] = site
+        if site == name:
+            stats.sites[site].add(masked_rows(call.args[0], mask[0]), site, product_dtype)
+
+    outputs = []
+    with capture_inputs(modules, accumulate), torch.no_grad():
+        for call, m in zip(calls, masks, strict=True):
+            mask[:] = [m]
+            outputs.append(run_block(block, call))
+            seen.clear()  # the sites are known after the first batch
+    missing = [n for n in modules if n not in stats.module_site]
+    if missing:
+        raise DataError(f"modules never ran during calibration: {missing[:5]}")
+    return stats, outputs
+
+
+def non_finite(what: str, module: str, dtype: torch.dtype) -> str:
+    """One line for NaN/inf ``what`` at ``module`` in ``dtype``, with the dtype to try."""
+    name = str(dtype).removeprefix("torch.")
+    if dtype == torch.float16:
+        hint = ("float16 overflows past 65504: load the model with --dtype bfloat16 "
+                "(same range as float32) or --dtype float32")
+    elif dtype == torch.bfloat16:
+        hint = "load the model with --dtype float32"
+    else:
+        hint = "check the model's weights and the calibration data for NaN/inf"
+    return f"{what} of module '{module}' hold NaN/inf in {name}: {hint}"
+
+
 def _input_embeddings(model: nn.Module) -> nn.Module | None:
     """The model's token-embedding module (Hugging Face ``get_input_embeddings``), if any."""
     try:
         return model.get_input_embeddings()
     except (AttributeError, NotImplementedError):
         return None
+
+
+def fisher_steps(data: TokenizedText, loss: str, tokenizer: Any, batch_size: int
+                 ) -> list[list[TokenBatch]]:
+    """The Fisher micro-batches: one batch of ``batch_size`` passages each for the causal-LM
+    loss, a (first halves, second halves) pair of batches for the contrastive loss."""
+    if loss not in ("causal-lm", "contrastive"):
+        raise DataError(f"unknown Fisher loss '{loss}': expected 'causal-lm' or 'contrastive'")
+    if loss == "causal-lm":
+        return [[b] for b in data.batches(batch_size)]
+    if tokenizer is None:
+        raise DataError("the contrastive Fisher loss needs the tokenizer")
+    first, second = split_halves(data.texts)
+    seq_len = int(data.input_ids.shape[1])
+    halves = (tokenize(first, tokenizer, seq_len), tokenize(second, tokenizer, seq_len))
+    if len(halves[0]) != len(halves[1]):
+        raise DataError("some passages are too short to split into two halves")
+    return [list(pair) for pair in zip(halves[0].batches(batch_size),
+                                       halves[1].batches(batch_size), strict=True)]
 
 
 def collect_fisher(
@@ -298,21 +383,8 @@ def collect_fisher(
     """Sum of squared gradients of ``loss`` w.r.t. each module weight, reduced to row/col sums."""
     from ..models.forward import causal_lm_loss, contrastive_loss
 
-    if loss not in ("causal-lm", "contrastive"):
-        raise DataError(f"unknown Fisher loss '{loss}': expected 'causal-lm' or 'contrastive'")
     device = next(model.parameters()).device
-    if loss == "contrastive":
-        if tokenizer is None:
-            raise DataError("the contrastive Fisher loss needs the tokenizer")
-        first, second = split_halves(data.texts)
-        seq_len = int(data.input_ids.shape[1])
-        halves = (tokenize(first, tokenizer, seq_len), tokenize(second, tokenizer, seq_len))
-        if len(halves[0]) != len(halves[1]):
-            raise DataError("some passages are too short to split into two halves")
-        pairs = zip(halves[0].batches(batch_size), halves[1].batches(batch_size), strict=True)
-        steps: Iterable = list(pairs)
-    else:
-        steps = list(data.batches(batch_size))
+    steps = fisher_steps(data, loss, tokenizer, batch_size)
     weights = {name: m.weight for name, m in modules.items()}
     saved = {id(p): p.requires_grad for p in model.parameters()}
     out = {name: FisherStats(torch.zeros(w.shape[0], dtype=torch.float64, device=device),
@@ -330,12 +402,15 @@ def collect_fisher(
                     continue  # a lone passage has no in-batch negatives
                 value = contrastive_loss(model, step[0].to(device), step[1].to(device))
             else:
-                total, count = causal_lm_loss(model, step.to(device))
+                total, count = causal_lm_loss(model, step[0].to(device))
                 value = total / max(count, 1)
             value.backward()
             for name, w in weights.items():
                 g2 = w.grad.detach().to(torch.float64) ** 2
-                out[name].row_sum += g2.sum(1)
+                row_sum = g2.sum(1)
+                if not bool(torch.isfinite(row_sum).all()):
+                    raise DataError(non_finite(f"'{loss}' loss gradients", name, w.grad.dtype))
+                out[name].row_sum += row_sum
                 out[name].col_sum += g2.sum(0)
                 out[name].batches += 1
     finally:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 from typing import Any
 
 import typer
 
-from ..errors import LowRankError
+from ..errors import ConfigError, LowRankError
 from ..utils.signals import Signalled, signals_raise
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -72,6 +73,21 @@ def _key_values(items: list[str]) -> dict[str, Any]:
     return out
 
 
+_UNITS = {"B": 1, "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "TB": 10 ** 12,
+          "KIB": 2 ** 10, "MIB": 2 ** 20, "GIB": 2 ** 30}
+
+
+def _size(text: str | None, flag: str) -> int | None:
+    """``'5GB'`` / ``'500MB'`` / ``'1048576'`` -> bytes (``None`` stays ``None``)."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B)?\s*", text.upper())
+    if not match or float(match.group(1)) <= 0:
+        raise ConfigError(f"{flag} must be a positive size such as 5GB, 500MB or 1048576, "
+                          f"got {text!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2) or "B"])
+
+
 @app.command()
 def compress(
     model: str | None = MODEL_ARG,
@@ -126,6 +142,20 @@ def compress(
                 "0 = off; results are tagged fine_tuned)"),
     seq_len: int = typer.Option(128, help="tokens per calibration/evaluation passage"),
     seed: int = typer.Option(0, help="random seed"),
+    pipeline: str = typer.Option(
+        "auto", help="whole (calibrate and compress the model at once), layerwise (one "
+                     "transformer block at a time, read from the checkpoint's shards when "
+                     "used: for models larger than memory), or auto (layerwise when the "
+                     "whole-model pass would not fit the device)"),
+    dtype: str | None = typer.Option(
+        None, help="auto (the checkpoint's dtype), float32 (default), bfloat16 or float16: "
+                   "calibration forwards run in it, factors are saved in it"),
+    sequential: bool = typer.Option(
+        False, "--sequential", help="layer-wise: calibrate each block on the outputs of the "
+                                    "already-compressed blocks before it"),
+    max_shard_size: str | None = typer.Option(
+        None, help="largest safetensors shard of the output, e.g. 5GB or 500MB (default 5GB); "
+                   "larger outputs are sharded with a model.safetensors.index.json"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object to stdout"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress on stderr"),
 ) -> None:
@@ -140,7 +170,12 @@ def compress(
                            eval_data=eval_data, out=out, device=device, seed=seed,
                            targets=targets or None, ignore=ignore or None, adapter=adapter,
                            finetune_steps=finetune_steps, overwrite=overwrite,
-                           samples=samples, seq_len=seq_len, quiet=quiet)
+                           samples=samples, seq_len=seq_len, quiet=quiet, pipeline=pipeline,
+                           dtype=dtype, sequential=sequential,
+                           max_shard_bytes=_size(max_shard_size, "--max-shard-size"))
+
+    if "rank" in summary:  # another rank of a torchrun job: rank 0 reports
+        return
 
     def human(s: dict) -> None:
         _table(f"lowrank compress: {s['model']}", [

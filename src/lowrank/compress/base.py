@@ -21,8 +21,10 @@ from torch import nn
 
 from ..alloc.base import Allocator
 from ..calib.data import TokenizedText
+from ..calib.distributed import Dist
 from ..calib.stats import CalibrationStats
 from ..config import Config
+from ..errors import ConfigError
 from ..registry import Registry
 from ..surgery import LINEAR, LayerKind
 from .result import ModuleReport
@@ -36,6 +38,8 @@ class Calibration:
     stats: CalibrationStats | None = None
     tokens: TokenizedText | None = None
     images: torch.Tensor | None = None
+    #: the process group a factorization spreads its decompositions over (``None``: alone)
+    dist: Dist | None = None
 
 
 @dataclass
@@ -70,10 +74,29 @@ class CompressionConfig(Config, ABC):
     selects: ClassVar[LayerKind] = LINEAR
     statistics: ClassVar[frozenset[str]] = frozenset()
 
+    #: ``apply`` on the modules of one block at a time gives what ``apply`` on all of them
+    #: gives (nothing is budgeted across blocks), so the layer-wise pipeline
+    #: (:mod:`lowrank.compress.layerwise`) may run the method block by block.
+    block_local: ClassVar[bool] = False
+
     @property
     def allocator(self) -> Allocator | None:
         """The registered allocator this configuration spends its budget with, if any."""
         return None
+
+    @property
+    def measures_blocks(self) -> bool:
+        """Whether :meth:`block_configs` needs each block's measured importance."""
+        return False
+
+    def block_configs(self, count: int, importance: list[float] | None
+                      ) -> list[CompressionConfig]:
+        """The configuration each of ``count`` blocks runs with in the layer-wise pipeline
+        (``importance``: one measure per block when :attr:`measures_blocks`)."""
+        if not self.block_local:
+            raise ConfigError(f"method '{self.method}' spends its budget across the whole "
+                              "model and has no layer-wise form: use pipeline='whole'")
+        return [self] * count
 
     @property
     def needs(self) -> frozenset[str]:

@@ -70,6 +70,7 @@ class CoSpaDi(CompressionConfig):
 
     method: ClassVar[str] = "cospadi"
     statistics: ClassVar[frozenset[str]] = frozenset({"gram"})
+    block_local: ClassVar[bool] = True
 
     keep: float = field(default=0.8, metadata={
         "help": "fraction of each targeted matrix's parameters that remain, index storage "

@@ -75,6 +75,7 @@ class EoRA(CompressionConfig):
 
     method: ClassVar[str] = "eora"
     statistics: ClassVar[frozenset[str]] = frozenset({"gram"})
+    block_local: ClassVar[bool] = True
 
     rank: int | float = field(default=32, metadata={
         "help": "rank of the correction: an int, or a float in (0, 1] = fraction of "

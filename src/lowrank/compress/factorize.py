@@ -16,7 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..alloc import ALLOCATORS, BudgetItem, Probe, RankAllocator, RankConstraints
+from ..alloc import ALLOCATORS, BudgetItem, RankAllocator, RankConstraints
+from ..calib.data import TokenizedText
+from ..calib.distributed import Dist, all_gather_objects, owned
 from ..calib.stats import CalibrationStats
 from ..errors import ConfigError, DataError
 from ..linalg import GramRoot, WhitenedSVD
@@ -32,8 +34,14 @@ from .embedding import (
     rank_for_keep,
     replace_embedding,
 )
-from .probe import OutputProbe
+from .estimate import BlockProbe
+from .probe import PROBE_PASSAGES, OutputProbe
 from .result import ModuleReport
+
+#: How the sensitivity allocators measure a matrix (``FactorizationConfig.probe``).
+PROBES = ("auto", "exact", "estimate")
+#: ``probe='auto'`` runs the exact probes while they cost at most this many calibration passes.
+EXACT_PROBE_PASSES = 2
 
 
 @dataclass
@@ -65,6 +73,11 @@ class FactorizationConfig(CompressionConfig):
     embedding_keep: float | None = field(default=None, metadata={
         "help": "fraction of the embedding table's parameters kept; default: the table shares "
                 "one allocation with the linears under keep"})
+    probe: str = field(default="auto", metadata={
+        "help": "how the sensitivity allocators measure a matrix: 'exact' (one whole-model "
+                "forward of the probe passages per matrix), 'estimate' (block-local forward "
+                "weighted by gradient energies, lowrank.compress.estimate), or 'auto' (exact "
+                "only while it costs at most two calibration passes)"})
     embedding_floor: float = field(default=0.1, metadata={
         "help": "weight of the uniform distribution over the vocabulary mixed into the "
                 "calibration token frequencies (0: frequencies only, 1: plain PCA of the "
@@ -92,6 +105,8 @@ class FactorizationConfig(CompressionConfig):
         except ConfigError as exc:
             raise ConfigError(str(exc).replace("align must", "rank_align must", 1)) from None
         self._validate_embedding_fields()
+        if self.probe not in PROBES:
+            raise ConfigError(f"probe must be one of {', '.join(PROBES)}, got {self.probe!r}")
 
     def _validate_embedding_fields(self) -> None:
         if not isinstance(self.embeddings, bool):
@@ -141,10 +156,31 @@ class FactorizationConfig(CompressionConfig):
             if calib.tokens is None:
                 raise DataError(f"the '{self.alloc}' allocator measures the model end to end: "
                                 "pass calibration text (data=...) to compress()")
-            output = OutputProbe(model, calib.tokens)
+            output = self.sensitivity_probe(model, modules, calib.tokens)
         if self.embeddings:
-            return factorize_with_embedding(self, model, modules, calib.stats, output)
-        return factorize(self, model, modules, calib.stats, output)
+            return factorize_with_embedding(self, model, modules, calib.stats, output,
+                                            calib.dist)
+        return factorize(self, model, modules, calib.stats, output, dist=calib.dist)
+
+    def sensitivity_probe(self, model: nn.Module, modules: dict[str, nn.Module],
+                          tokens: TokenizedText) -> Callable[[str, nn.Module], float]:
+        """The end-to-end measurement of the sensitivity allocators (``probe``): the exact
+        :class:`OutputProbe`, or the block-local :class:`BlockProbe` estimate where exact
+        probes would cost more than :data:`EXACT_PROBE_PASSES` calibration passes."""
+        if self.resolved_probe(len(modules) + int(self.embeddings), len(tokens)) == "exact":
+            return OutputProbe(model, tokens)
+        from ..blocks import ResidentBlocks
+
+        return BlockProbe(ResidentBlocks(model), tokens)
+
+    def resolved_probe(self, matrices: int, passages: int) -> str:
+        """``'exact'`` or ``'estimate'`` for ``probe='auto'`` with this many probed matrices and
+        calibration passages (the exact probes cost ``matrices`` forwards of
+        ``PROBE_PASSAGES`` passages each)."""
+        if self.probe != "auto":
+            return self.probe
+        exact_cost = matrices * min(PROBE_PASSAGES, passages)
+        return "exact" if exact_cost <= EXACT_PROBE_PASSES * passages else "estimate"
 
 
 def _low_rank(lin: nn.Linear, dec: Any, rank: int) -> LowRankLinear:
@@ -155,41 +191,104 @@ def _low_rank(lin: nn.Linear, dec: Any, rank: int) -> LowRankLinear:
                                       bias).to(lin.weight.device)
 
 
+#: A module's end-to-end change when replaced: ``output(name, replacement)``.
+OutputMeasure = Callable[[str, nn.Module], float]
+
+
+def decompose_all(config: FactorizationConfig, modules: dict[str, nn.Module],
+                  stats: CalibrationStats | None, dist: Dist | None = None
+                  ) -> tuple[dict[str, Any], list[BudgetItem]]:
+    """Each module's weighted decomposition and its :class:`BudgetItem` (with the plain weight
+    spectrum when the allocator reads it). With ``dist``, each rank decomposes its share of
+    the modules (:func:`~lowrank.calib.distributed.owned`) and every rank gets every item."""
+    needs_weight = config.allocator.needs_weight_spectrum
+    mine = owned(list(modules), dist)
+    decomps, found = {}, {}
+    for name, lin in modules.items():
+        if name not in mine:
+            continue
+        weight = lin.weight.detach().to(torch.float64)
+        decomps[name] = config.decompose(weight, name, stats)
+        found[name] = config.budget_item(name, lin, decomps[name].spectrum)
+        if needs_weight:
+            found[name].weight_spectrum = torch.linalg.svdvals(weight)
+    if dist is not None and dist.active:
+        for part in all_gather_objects({n: _to_cpu(it) for n, it in found.items()}, dist):
+            found.update(part)
+    return decomps, [found[name] for name in modules]
+
+
+def _to_cpu(item: BudgetItem) -> BudgetItem:
+    """``item`` with its spectra on the host (to send it to the other ranks)."""
+    item.spectrum = item.spectrum.cpu()
+    if item.weight_spectrum is not None:
+        item.weight_spectrum = item.weight_spectrum.cpu()
+    return item
+
+
+def measure_items(items: Sequence[BudgetItem], modules: dict[str, nn.Module],
+                  decomps: dict[str, Any], output: OutputMeasure,
+                  trials: Mapping[str, Callable[[int], nn.Module]] | None = None,
+                  dist: Dist | None = None) -> None:
+    """Set each item's ``sensitivity``: ``output`` of the matrix truncated to its probe rank
+    (``trials[name](rank)`` builds the truncated module of items that are not linears). With
+    ``dist``, each rank measures the matrices it decomposed and every rank gets every value."""
+    from ..alloc.sensitivity import probe_rank
+
+    trials = dict(trials or {})
+    measured = {}
+    for item in items:
+        if item.sensitivity is None and (item.name in trials or item.name in decomps):
+            rank = probe_rank(item)
+            trial = trials[item.name](rank) if item.name in trials else \
+                _low_rank(modules[item.name], decomps[item.name], rank)
+            measured[item.name] = output(item.name, trial)
+    if dist is not None and dist.active:
+        for part in all_gather_objects(measured, dist):
+            measured.update(part)
+    for item in items:
+        if item.name in measured:
+            item.sensitivity = measured[item.name]
+
+
 def factorize(config: FactorizationConfig, model: nn.Module, modules: dict[str, nn.Module],
-              stats: CalibrationStats | None, output: OutputProbe | None = None,
+              stats: CalibrationStats | None, output: OutputMeasure | None = None,
               extra_items: Sequence[BudgetItem] = (),
-              extra_trials: Mapping[str, Callable[[int], nn.Module]] | None = None
-              ) -> MethodOutcome:
+              extra_trials: Mapping[str, Callable[[int], nn.Module]] | None = None,
+              dist: Dist | None = None) -> MethodOutcome:
     """Decompose, allocate under ``config.keep``, and replace; one report per module.
 
     ``output`` measures the end-to-end change of a truncated matrix for allocators that need a
     probe. ``extra_items`` (not linears: an embedding table) share the allocation: their ranks
     are in the outcome's allocation and their parameters in its totals; the caller replaces
-    them; ``extra_trials[name](rank)`` builds one at a rank for the probe.
+    them; ``extra_trials[name](rank)`` builds one at a rank for the probe. ``dist`` spreads
+    the decompositions over the ranks of a process group (every rank ends with the whole
+    compressed model).
     """
-    allocator = config.allocator
-    decomps, items = {}, []
-    for name, lin in modules.items():
-        decomps[name] = config.decompose(lin.weight.detach().to(torch.float64), name, stats)
-        items.append(config.budget_item(name, lin, decomps[name].spectrum))
-        if allocator.needs_weight_spectrum:
-            items[-1].weight_spectrum = torch.linalg.svdvals(
-                lin.weight.detach().to(torch.float64))
-    probe: Probe | None = None
+    decomps, items = decompose_all(config, modules, stats, dist)
     if output is not None:
-        trials = dict(extra_trials or {})
+        measure_items([*items, *extra_items], modules, decomps, output, extra_trials, dist)
+    allocation = config.allocator.allocate([*items, *extra_items], config.keep,
+                                           constraints=config.constraints)
+    reports = replace_at(config, model, modules, decomps, items, allocation.ranks, stats, dist)
+    return MethodOutcome(reports, allocation.to_dict(), config.keep,
+                         allocation.params_before, allocation.params_after)
 
-        def probe(item: BudgetItem, rank: int) -> float:
-            trial = trials[item.name](rank) if item.name in trials else \
-                _low_rank(modules[item.name], decomps[item.name], rank)
-            return output(item.name, trial)
 
-    allocation = allocator.allocate([*items, *extra_items], config.keep,
-                                    constraints=config.constraints, probe=probe)
+def replace_at(config: FactorizationConfig, model: nn.Module, modules: dict[str, nn.Module],
+               decomps: dict[str, Any], items: Sequence[BudgetItem],
+               ranks: Mapping[str, int | None], stats: CalibrationStats | None,
+               dist: Dist | None = None) -> list[ModuleReport]:
+    """Swap in each module at its allocated rank (``None``: left dense); one report each.
+    With ``dist``, each rank builds the modules it decomposed and sends their factors and
+    reports to the others."""
     reports = []
+    built: dict[str, tuple] = {}
     for item in items:
+        if item.name not in decomps:
+            continue
         name, lin = item.name, modules[item.name]
-        rank = allocation.ranks[name]
+        rank = ranks[name]
         weight = lin.weight.detach().to(torch.float64)
         spectrum = decomps[name].spectrum
         energy_total = float((spectrum.double() ** 2).sum()) or 1.0
@@ -226,40 +325,83 @@ def factorize(config: FactorizationConfig, model: nn.Module, modules: dict[str, 
             rel_weight_error=float((weight - approx).norm() / weight.norm().clamp_min(1e-300)),
             energy_kept=energy_kept, spectrum=[float(s) for s in spectrum], notes=notes,
         ))
-    return MethodOutcome(reports, allocation.to_dict(), config.keep,
-                         allocation.params_before, allocation.params_after)
+        if rank is not None:
+            layer = model.get_submodule(name)
+            built[name] = tuple(None if t is None else t.detach().cpu()
+                                for t in (layer.B, layer.A, layer.bias))
+    if dist is None or not dist.active:
+        return reports
+    by_name = {r.name: r for r in reports}
+    for part in all_gather_objects((built, by_name), dist):
+        for name, (B, A, bias) in part[0].items():
+            if name not in built:
+                lin = modules[name]
+                new = LowRankLinear.from_factors(B, A, bias).to(lin.weight.device)
+                replace_module(model, name, new)
+        by_name.update(part[1])
+    return [by_name[item.name] for item in items]
 
 
 def factorize_with_embedding(config: FactorizationConfig, model: nn.Module,
                              modules: dict[str, nn.Module], stats: CalibrationStats | None,
-                             output: OutputProbe | None = None) -> MethodOutcome:
+                             output: OutputMeasure | None = None, dist: Dist | None = None
+                             ) -> MethodOutcome:
     """:func:`factorize` with the input-embedding table in the budget (shared allocation, or
     its own ``embedding_keep``; :mod:`lowrank.compress.embedding`)."""
-    name, embedding = input_embedding(model)
-    pca, counts = embedding_pca(embedding, stats, config.embedding_floor)
-    item = AffineBudgetItem(name, embedding.embedding_dim, embedding.num_embeddings, True,
-                            pca.spectrum, dense_bias=False)
-    if config.allocator.needs_weight_spectrum:
-        item.weight_spectrum = torch.linalg.svdvals(pca.table)
-    if config.embedding_keep is None:
-        trials = {} if output is None else {
-            name: held_out_trial(embedding, counts, config.embedding_floor, output.passages)}
-        outcome = factorize(config, model, modules, stats, output, extra_items=[item],
-                            extra_trials=trials)
-        rank = outcome.allocation["ranks"][name]
+    table = EmbeddingPart.build(config, model, stats, output)
+    if table.shared:
+        outcome = factorize(config, model, modules, stats, output, extra_items=[table.item],
+                            extra_trials=table.trials, dist=dist)
     else:
-        outcome = factorize(config, model, modules, stats, output)
-        rank = rank_for_keep(item, config.embedding_keep, config.rank_align)
-        linears_before = outcome.params_before
-        outcome.params_before += item.dense_cost()
-        outcome.params_after += item.cost(rank)
-        outcome.keep_target = (config.keep * linears_before
-                               + config.embedding_keep * item.dense_cost()
-                               ) / outcome.params_before
-    report = replace_embedding(model, name, embedding, pca, counts, rank, item,
-                               config.embedding_floor)
-    outcome.reports.insert(0, report)
-    outcome.allocation["embedding"] = {
-        "name": name, "rank": rank, "keep_target": config.embedding_keep,
-        "params_before": report.params_before, "params_after": report.params_after}
-    return outcome
+        outcome = factorize(config, model, modules, stats, output, dist=dist)
+    return table.finish(config, model, outcome)
+
+
+@dataclass
+class EmbeddingPart:
+    """The input-embedding table as one more budget item (``embeddings=True``): its
+    frequency-weighted PCA, item and probe trial, and how it joins the outcome."""
+
+    name: str
+    embedding: nn.Embedding
+    pca: Any
+    counts: torch.Tensor
+    item: AffineBudgetItem
+    trials: dict[str, Callable[[int], nn.Module]]
+    shared: bool  # shares the allocation of the linears (no own embedding_keep)
+
+    @classmethod
+    def build(cls, config: FactorizationConfig, model: nn.Module,
+              stats: CalibrationStats | None, output: OutputMeasure | None) -> EmbeddingPart:
+        name, embedding = input_embedding(model)
+        pca, counts = embedding_pca(embedding, stats, config.embedding_floor)
+        item = AffineBudgetItem(name, embedding.embedding_dim, embedding.num_embeddings, True,
+                                pca.spectrum, dense_bias=False)
+        if config.allocator.needs_weight_spectrum:
+            item.weight_spectrum = torch.linalg.svdvals(pca.table)
+        shared = config.embedding_keep is None
+        trials = {} if output is None or not shared else {
+            name: held_out_trial(embedding, counts, config.embedding_floor, output.passages)}
+        return cls(name, embedding, pca, counts, item, trials, shared)
+
+    def finish(self, config: FactorizationConfig, model: nn.Module, outcome: MethodOutcome
+               ) -> MethodOutcome:
+        """Replace the table at its rank and add it to ``outcome`` (first report)."""
+        item = self.item
+        if self.shared:
+            rank = outcome.allocation["ranks"][self.name]
+        else:
+            rank = rank_for_keep(item, config.embedding_keep, config.rank_align)
+            linears_before = outcome.params_before
+            outcome.params_before += item.dense_cost()
+            outcome.params_after += item.cost(rank)
+            outcome.keep_target = (config.keep * linears_before
+                                   + config.embedding_keep * item.dense_cost()
+                                   ) / outcome.params_before
+        report = replace_embedding(model, self.name, self.embedding, self.pca, self.counts,
+                                   rank, item, config.embedding_floor)
+        outcome.reports.insert(0, report)
+        outcome.allocation["embedding"] = {
+            "name": self.name, "rank": rank, "keep_target": config.embedding_keep,
+            "params_before": report.params_before, "params_after": report.params_after}
+        return outcome

@@ -35,6 +35,7 @@ parameters shrink but attention FLOPs do not. The MLP really narrows.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..calib.data import TokenizedText
+from ..calib.data import TokenBatch, TokenizedText
 from ..errors import ConfigError, DataError
 from ..linalg.nystrom import nystrom_correct, ridge_leverage_scores, select_columns
 from ..nn.indexed_linear import IndexedLinear
@@ -121,6 +122,20 @@ def measure_block_importance(model: nn.Module, blocks: list[str],
     if any(sums[b][1] == 0 for b in blocks):
         raise DataError("block importance: some blocks never ran during the calibration pass")
     return [1.0 - sums[b][0] / sums[b][1] for b in blocks]
+
+
+def importance_from_hidden(h_in: list[torch.Tensor], h_out: list[torch.Tensor],
+                           batches: list[TokenBatch]) -> float:
+    """:func:`measure_block_importance` of one block from its stored inputs and outputs."""
+    total = count = 0.0
+    for x, y, batch in zip(h_in, h_out, batches, strict=True):
+        cos = nn.functional.cosine_similarity(x.double(), y.double(), dim=-1)
+        weight = batch.attention_mask.to(cos.dtype)
+        total += float((cos * weight).sum())
+        count += float(weight.sum())
+    if count == 0:
+        raise DataError("block importance: no real tokens in the probe passages")
+    return 1.0 - total / count
 
 
 def allocate_blocks(importance: list[float], keep: float, temperature: float,
@@ -212,6 +227,21 @@ class MoDeGPT(CompressionConfig):
             alloc = fields.pop("alloc")
             fields["block_budget"] = "influence" if alloc == "block-influence" else alloc
         return fields
+
+    def block_configs(self, count: int, importance: list[float] | None
+                      ) -> list[CompressionConfig]:
+        """One uniform-budget configuration per block at that block's kept fraction."""
+        if self.block_budget == "uniform" or self.keep >= 1:
+            keeps = [self.keep] * count
+        else:
+            importance = list(self.importance if self.importance is not None else importance)
+            if len(importance) != count:
+                raise ConfigError(f"importance has {len(importance)} entries for {count} "
+                                  "blocks")
+            keeps = allocate_blocks(importance, self.keep, self.temperature,
+                                    min(self.min_keep, self.keep))
+        return [dataclasses.replace(self, block_budget="uniform", keep=k, importance=None)
+                for k in keeps]
 
     @property
     def measures_blocks(self) -> bool:

@@ -19,59 +19,19 @@ statistics.
 
 from __future__ import annotations
 
-import inspect
 from contextlib import suppress
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..blocks import capture_block_inputs, run_block, with_hidden
 from ..calib.data import TokenBatch, TokenizedText, masked_rows
 from ..errors import ConfigError
 from ..linalg import sqrt_gram, whitened_svd
 from ..nn import LowRankLinear
 from ..surgery import ModuleCall, StopForward, block_lists, capture_inputs
 from ..utils.progress import progress
-
-
-def _call_kwargs(model: nn.Module) -> dict[str, Any]:
-    params = inspect.signature(model.forward).parameters
-    return {"use_cache": False} if "use_cache" in params else {}
-
-
-def capture_block_inputs(model: nn.Module, blocks: nn.ModuleList,
-                         batches: list[TokenBatch]) -> list[tuple[tuple, dict]]:
-    """Positional and keyword inputs of the first block for every batch (one pass each)."""
-    captured: list[tuple[tuple, dict]] = []
-
-    def keep(_name: str, call: ModuleCall) -> None:
-        kwargs = {k: v for k, v in call.kwargs.items() if k not in ("cache", "past_key_values")}
-        captured.append((call.args, kwargs))
-
-    extra = _call_kwargs(model)
-    with capture_inputs({"first": blocks[0]}, keep, stop=True), torch.no_grad():
-        for batch in batches:
-            with suppress(StopForward):
-                model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **extra)
-    if len(captured) != len(batches):
-        raise ConfigError("could not capture the inputs of the first transformer block")
-    return captured
-
-
-def _block_output(out: Any) -> torch.Tensor:
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
-def _run_block(block: nn.Module, inputs: tuple[tuple, dict]) -> torch.Tensor:
-    args, kwargs = inputs
-    return _block_output(block(*args, **kwargs))
-
-
-def _with_hidden(inputs: tuple[tuple, dict], hidden: torch.Tensor) -> tuple[tuple, dict]:
-    args, kwargs = inputs
-    if args:
-        return (hidden, *args[1:]), kwargs
-    return (), {**kwargs, "hidden_states": hidden}
 
 
 @torch.no_grad()
@@ -114,8 +74,8 @@ def sequential_refit(
             change.update(_refit_group(original, compressed, orig_blocks[index],
                                        comp_blocks[index], block_prefix, group, batches,
                                        orig_in, comp_in, floor, damping))
-        orig_in = [_with_hidden(i, _run_block(orig_blocks[index], i)) for i in orig_in]
-        comp_in = [_with_hidden(i, _run_block(comp_blocks[index], i)) for i in comp_in]
+        orig_in = [with_hidden(i, run_block(orig_blocks[index], i)) for i in orig_in]
+        comp_in = [with_hidden(i, run_block(comp_blocks[index], i)) for i in comp_in]
     return change
 
 
@@ -133,7 +93,7 @@ def _groups_in_order(block: nn.Module, block_prefix: str, names: list[str],
 
     modules = {n: block.get_submodule(n[len(block_prefix):]) for n in names}
     with capture_inputs(modules, group):
-        _run_block(block, inputs)
+        run_block(block, inputs)
     return [members for _, members in seen]
 
 
@@ -168,7 +128,7 @@ def _refit_group(original: nn.Module, compressed: nn.Module, orig_block: nn.Modu
             state["mask"] = batch.attention_mask
             for block, inputs in ((orig_block, oi), (comp_block, ci)):
                 with suppress(StopForward):
-                    _run_block(block, inputs)
+                    run_block(block, inputs)
     lam = damping * float(torch.diagonal(gram).mean())
     root = sqrt_gram(gram + lam * torch.eye(n, dtype=gram.dtype, device=dev), floor=floor)
     change = {}

@@ -2,7 +2,10 @@
 
 The manifest records the format version, the base model, the method config and, per
 factorized module, its kind, rank, shapes and dtype, so :func:`load` rebuilds the architecture
-from ``config.json`` and then loads the tensors: no pickle anywhere.
+from ``config.json`` and then loads the tensors: no pickle anywhere. Models larger than one
+shard (5 GB by default) are written as Hugging Face shards with ``model.safetensors.index.json``
+(:mod:`lowrank.io.shards`); :func:`load` memory-maps either layout and fills a skeleton whose
+parameters were never allocated, tensor by tensor, on the requested device.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +26,20 @@ from ..nn import LowRankLinear
 from ..nn.kinds import entry_of, is_serialisable, module_kind
 from ..nn.manifest import DTYPES, dtype_name
 from .atomic import atomic_directory
+from .shards import (
+    DEFAULT_SHARD_BYTES,
+    INDEX,
+    WEIGHTS,
+    ShardWriter,
+    Stored,
+    check_shard_bytes,
+    iter_tensors,
+    stored_tensors,
+)
 
 FORMAT = "lowrank"
 FORMAT_VERSION = 1
 MANIFEST = "lowrank.json"
-WEIGHTS = "model.safetensors"
 
 
 def build_manifest(model: nn.Module, base: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -64,13 +77,19 @@ def write_checkpoint(
     *,
     base: dict[str, Any] | None = None,
     copy_files: Iterable[str | os.PathLike] = (),
+    max_shard_bytes: int | None = None,
 ) -> dict[str, Any]:
-    """Write tensors, manifest and base config/tokenizer files into an existing directory."""
-    from safetensors.torch import save_model
+    """Write tensors, manifest and base config/tokenizer files into an existing directory.
 
+    Tensors go to ``model.safetensors`` when they fit in ``max_shard_bytes`` (default
+    :data:`~lowrank.io.shards.DEFAULT_SHARD_BYTES`, 5 GB), else to Hugging Face shards and
+    ``model.safetensors.index.json``; tied tensors are stored once, dtypes as they are.
+    """
+    limit = DEFAULT_SHARD_BYTES if max_shard_bytes is None else check_shard_bytes(
+        max_shard_bytes)
     directory = Path(directory)
     manifest = build_manifest(model, base)
-    save_model(model, str(directory / WEIGHTS), metadata={"format": "pt"})
+    _write_tensors(model, directory, limit)
     for src in copy_files:
         src = Path(src)
         rel = Path(src.parent.name, src.name) if src.parent.name == "1_Pooling" else Path(src.name)
@@ -83,6 +102,19 @@ def write_checkpoint(
     return manifest
 
 
+def _write_tensors(model: nn.Module, directory: Path, max_shard_bytes: int) -> None:
+    import safetensors.torch as st
+
+    state = model.state_dict()
+    dropped = {alias: kept for kept, aliases in st._remove_duplicate_names(state).items()
+               for alias in aliases}
+    keys = [k for k in state if k not in dropped]
+    # like safetensors' save_model, each header names the tied aliases that were not stored
+    with ShardWriter(directory, max_shard_bytes, metadata={"format": "pt", **dropped}) as out:
+        for key in keys:
+            out.add(key, state[key])
+
+
 def save(
     model: nn.Module,
     directory: str | os.PathLike,
@@ -90,17 +122,22 @@ def save(
     base: dict[str, Any] | None = None,
     copy_files: Iterable[str | os.PathLike] = (),
     overwrite: bool = False,
+    max_shard_bytes: int | None = None,
 ) -> Path:
     """Save ``model`` (factorized modules included) to ``directory``, atomically.
 
     ``copy_files`` are config/tokenizer files of the base model to keep beside the weights so
-    the directory is self-contained. ``directory`` may be new, empty or a previous lowrank
-    output; another non-empty directory is replaced only with ``overwrite=True``, and the
+    the directory is self-contained. Weights larger than ``max_shard_bytes`` (default 5 GB)
+    are sharded as :func:`write_checkpoint` says. ``directory`` may be new, empty or a previous
+    lowrank output; another non-empty directory is replaced only with ``overwrite=True``, and the
     current directory, its parents and the home directory never
     (:func:`lowrank.io.atomic.check_output_dir`).
     """
+    if max_shard_bytes is not None:
+        check_shard_bytes(max_shard_bytes)
     with atomic_directory(directory, overwrite=overwrite) as tmp:
-        write_checkpoint(model, tmp, base=base, copy_files=copy_files)
+        write_checkpoint(model, tmp, base=base, copy_files=copy_files,
+                         max_shard_bytes=max_shard_bytes)
     return Path(directory)
 
 
@@ -130,11 +167,32 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     modules = manifest.get("modules")
     if not isinstance(modules, dict):
         raise ModelFileError(f"{path}: 'modules' must be an object of module entries")
-    for name, entry in modules.items():
-        _module_from_entry(path, name, entry)  # validates; the module itself is discarded
-    if not (directory / WEIGHTS).is_file():
-        raise ModelFileError(f"'{directory}' has no {WEIGHTS}")
+    with _parameters_on_meta():  # validates; the (unallocated) modules are discarded
+        for name, entry in modules.items():
+            _module_from_entry(path, name, entry)
+    if not (directory / WEIGHTS).is_file() and not (directory / INDEX).is_file():
+        raise ModelFileError(f"'{directory}' has no {WEIGHTS} (nor a sharded {INDEX})")
     return manifest
+
+
+@contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Create modules whose parameters live on the meta device (no memory, no initialisation
+    cost); buffers stay real, so values computed at construction (rotary frequencies, index
+    buffers) survive. A parameter already on meta keeps its identity, so ties survive."""
+    register = nn.Module.register_parameter
+
+    def on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        register(module, name, param)
+        if param is not None and not param.is_meta:
+            module._parameters[name] = nn.Parameter(param.to("meta"),
+                                                    requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = on_meta  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register  # type: ignore[method-assign]
 
 
 def _module_from_entry(path: Path, name: str, entry: Any) -> nn.Module:
@@ -178,63 +236,170 @@ def _skeleton_from_config(directory: Path, manifest: dict[str, Any]) -> nn.Modul
 def load(directory: str | os.PathLike, model: nn.Module | None = None,
          device: str | torch.device | None = None) -> nn.Module:
     """Rebuild a saved model: architecture from ``config.json`` (or the given skeleton
-    ``model``), factorized modules from ``lowrank.json``, tensors from ``model.safetensors``.
+    ``model``), factorized modules from ``lowrank.json``, tensors from ``model.safetensors``
+    or from the shards listed in ``model.safetensors.index.json``.
+
+    The skeleton built from ``config.json`` and the factorized modules get no parameter memory
+    (meta device); each stored tensor is then read straight from the memory-mapped file onto
+    ``device`` (default: the CPU, or the device of a given skeleton's parameter) and put in
+    place, so the host never holds a second copy of the model. Tied parameters stay tied.
 
     The result's outputs equal those of the model that was saved (bit-identical on the same
-    machine). Raises :class:`ModelFileError` (one line naming the tensors) for a
-    missing/malformed/newer manifest, tensors missing from or unexpected in the safetensors file,
-    tensors whose stored shape differs from the model's (checked from the file header before
-    loading), and tensors holding NaN or inf (checked after loading): never a silently wrong
-    model.
+    machine). Raises :class:`ModelFileError` (one line naming the tensors and their file) for a
+    missing/malformed/newer manifest, a malformed index or missing shard, tensors missing from
+    or unexpected in the files, tensors whose stored shape differs from the model's (checked
+    from the headers before loading), and tensors holding NaN or inf (checked as they are
+    read): never a silently wrong model.
     """
-    from safetensors import safe_open
-    from safetensors.torch import load_model
-
     directory = Path(directory)
     manifest = read_manifest(directory)
-    weights = directory / WEIGHTS
-    try:
-        with safe_open(str(weights), framework="pt") as f:
-            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except Exception as exc:  # corrupt header
-        raise ModelFileError(f"{weights} is not a readable safetensors file: "
-                             f"{exc}") from exc
+    target = None if device is None else torch.device(device)
+    files = stored_tensors(directory)
+    source = directory / WEIGHTS if (directory / WEIGHTS).is_file() else directory / INDEX
+    stored = {k: shape for k, (_, shape) in files.items()}
     listed = manifest.get("tensors") or []
     missing = [k for k in listed if k not in stored]
     if missing:
-        raise ModelFileError(f"{weights} lacks {_count(missing, 'tensor')} named in "
+        raise ModelFileError(f"{source} lacks {_count(missing, 'tensor')} named in "
                              f"{MANIFEST}: {_names(missing)}")
     if model is None:
-        model = _skeleton_from_config(directory, manifest)
+        with _parameters_on_meta():
+            model = _skeleton_from_config(directory, manifest)
     named = dict(model.named_modules())
     for name, entry in manifest["modules"].items():
-        target = named.get(name)
-        if target is None:
+        target_module = named.get(name)
+        if target_module is None:
             raise ModelFileError(f"{MANIFEST} names module '{name}', which the model lacks")
-        layer = _module_from_entry(directory / MANIFEST, name, entry)
-        if isinstance(target, nn.Linear) and isinstance(layer, LowRankLinear) and (
-                (target.in_features, target.out_features)
+        with _parameters_on_meta():
+            layer = _module_from_entry(directory / MANIFEST, name, entry)
+        if isinstance(target_module, nn.Linear) and isinstance(layer, LowRankLinear) and (
+                (target_module.in_features, target_module.out_features)
                 != (layer.in_features, layer.out_features)):
             raise ModelFileError(f"{MANIFEST}: shape of '{name}' disagrees with the model")
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
-    _check_shapes(weights, stored, model)
-    try:
-        missing_keys, unexpected = load_model(model, str(weights), strict=False)
-    except RuntimeError as exc:
-        raise ModelFileError(f"{weights} does not fit the model described by "
-                             f"{MANIFEST}: {str(exc).splitlines()[0]}") from exc
+    where = _locator(files, source)
+    _check_shapes(where, stored, model)
+    plan = _match_state(where, stored, model)
+    _assign(model, files, plan, target, where)
+    model.lowrank_manifest = {k: manifest.get(k) for k in ("method", "base_model")}
+    if target is not None:
+        model.to(target)  # buffers that are not stored (rotary frequencies, ...)
+    return model.eval()
+
+
+Locator = Callable[[Iterable[str]], Path]
+
+
+def _locator(files: Stored, source: Path) -> Locator:
+    """``where(keys)``: the one file holding all ``keys``, else ``source`` (the index)."""
+    def where(keys: Iterable[str]) -> Path:
+        paths = {files[k][0] for k in keys if k in files}
+        return paths.pop() if len(paths) == 1 else source
+    return where
+
+
+def _tie_groups(state: dict[str, Any]) -> list[list[str]]:
+    """State keys grouped by the tensor they name: the same object (ties, also on meta) or
+    overlapping storage (ties made through ``.data``)."""
+    from safetensors.torch import _find_shared_tensors
+
+    group_of: dict[str, int] = {}
+    by_id: dict[int, int] = {}
+    for key, value in state.items():
+        group_of[key] = by_id.setdefault(id(value), len(by_id))
+    real = {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and not v.is_meta}
+    for shared in _find_shared_tensors(real):
+        ids = {group_of[k] for k in shared}
+        first = min(ids)
+        for key, gid in group_of.items():
+            if gid in ids:
+                group_of[key] = first
+    groups: dict[int, list[str]] = {}
+    for key, gid in group_of.items():
+        groups.setdefault(gid, []).append(key)
+    return list(groups.values())
+
+
+def _match_state(where: Locator, stored: dict[str, tuple[int, ...]],
+                 model: nn.Module) -> dict[str, list[str]]:
+    """Stored key -> the model's state keys it fills. Raises for model tensors no file holds
+    and for stored tensors the model lacks (a tie's second stored name included)."""
+    state = model.state_dict(keep_vars=True)
+    plan: dict[str, list[str]] = {}
+    missing_keys, unexpected = [], [k for k in stored if k not in state]
+    for group in _tie_groups(state):
+        found = sorted(k for k in group if k in stored)
+        if not found:
+            missing_keys.append(sorted(group)[0])
+            continue
+        plan[found[0]] = group
+        unexpected += found[1:]
     if missing_keys or unexpected:
         parts = [f"{_count(keys, f'{what} tensor')} ({_names(keys)})"
                  for what, keys in (("missing", sorted(missing_keys)),
                                     ("unexpected", sorted(unexpected))) if keys]
-        raise ModelFileError(f"{weights} does not match the model described by {MANIFEST}: "
-                             + ", ".join(parts))
-    _check_finite(weights, stored, model)
-    model.lowrank_manifest = {k: manifest.get(k) for k in ("method", "base_model")}
-    if device is not None:
-        model.to(device)
-    return model.eval()
+        raise ModelFileError(f"{where(unexpected)} does not match the model described by "
+                             f"{MANIFEST}: " + ", ".join(parts))
+    return plan
+
+
+def _assign(model: nn.Module, files: Stored, plan: dict[str, list[str]],
+            target: torch.device | None, where: Locator) -> None:
+    """Read each planned tensor onto its device and put it in every slot it fills (one
+    ``Parameter`` per tied parameter object). A tensor is converted only where the slot's
+    dtype (or a given skeleton's device) differs, as ``load_state_dict`` would."""
+    other: dict[str, torch.Tensor] = {}
+    bad = []
+    for key, tensor in iter_tensors(files, plan, device=target):
+        count = _nonfinite(tensor)
+        if count:
+            bad.append((key, f"{key} ({count} of {tensor.numel()} values)"))
+            continue
+        made: dict[int, nn.Parameter] = {}
+        for slot in plan[key]:
+            owner, _, leaf = slot.rpartition(".")
+            module = model.get_submodule(owner) if owner else model
+            old = module._parameters.get(leaf, module._buffers.get(leaf))
+            if old is None:
+                other[slot] = tensor  # extra state and other custom state entries
+                continue
+            value = tensor
+            if old.dtype != tensor.dtype and old.is_floating_point():
+                value = value.to(old.dtype)
+            if target is None and not old.is_meta and old.device != value.device:
+                value = value.to(old.device)
+            if leaf in module._parameters:
+                if id(old) not in made:
+                    made[id(old)] = nn.Parameter(value, requires_grad=old.requires_grad)
+                module._parameters[leaf] = made[id(old)]
+            else:
+                module._buffers[leaf] = value
+    if bad:
+        verb = "holds" if len(bad) == 1 else "hold"
+        raise ModelFileError(f"{where(k for k, _ in bad)}: {_count(bad, 'tensor')} {verb} NaN "
+                             f"or inf: {_names((text for _, text in bad), 3)}; expected finite "
+                             "weights")
+    if other:
+        model.load_state_dict(other, strict=False, assign=True)
+    empty = [name for name, p in model.named_parameters() if p.is_meta]
+    if empty:
+        raise ModelFileError(f"{where(())}: {_count(empty, 'parameter')} of the model described "
+                             f"by {MANIFEST} got no stored value: {_names(empty)}")
+
+
+def _nonfinite(tensor: torch.Tensor, chunk: int = 1 << 20) -> int:
+    """How many NaN/inf values a floating tensor holds. The common all-finite case is one
+    NaN-propagating min/max reduction (no temporary the size of the tensor); values are
+    counted, in chunks, only when it fails."""
+    if tensor.numel() == 0 or not (tensor.is_floating_point() or tensor.is_complex()):
+        return 0
+    flat = tensor.reshape(-1)
+    if not tensor.is_complex():
+        low, high = torch.aminmax(flat)
+        if bool(torch.isfinite(low)) and bool(torch.isfinite(high)):
+            return 0
+    return sum(int(part.numel() - torch.isfinite(part).sum()) for part in flat.split(chunk))
 
 
 def _count(items: Any, noun: str) -> str:
@@ -252,29 +417,13 @@ def _shape(shape: Iterable[int]) -> str:
     return "(" + ", ".join(str(int(d)) for d in shape) + ")"
 
 
-def _check_shapes(weights: Path, stored: dict[str, tuple[int, ...]], model: nn.Module) -> None:
-    """Refuse stored tensors whose shape differs from the model's (read from the header only,
+def _check_shapes(where: Locator, stored: dict[str, tuple[int, ...]], model: nn.Module) -> None:
+    """Refuse stored tensors whose shape differs from the model's (read from the headers only,
     before anything is loaded), naming each tensor with the expected and the stored shape."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    wrong = [f"{k} expected {_shape(expected[k])}, stored {_shape(shape)}"
-             for k, shape in stored.items() if k in expected and expected[k] != shape]
+    keys = [k for k, shape in stored.items() if k in expected and expected[k] != shape]
+    wrong = [f"{k} expected {_shape(expected[k])}, stored {_shape(stored[k])}" for k in keys]
     if wrong:
         verb = "has" if len(wrong) == 1 else "have"
-        raise ModelFileError(f"{weights}: {_count(wrong, 'tensor')} {verb} the wrong shape for "
-                             f"the model described by {MANIFEST}: {_names(wrong, 3)}")
-
-
-def _check_finite(weights: Path, stored: dict[str, tuple[int, ...]], model: nn.Module) -> None:
-    """Refuse NaN or inf in any floating tensor that came from the file (one cheap
-    ``isfinite().all()`` per tensor; values are counted only for the bad ones)."""
-    bad = []
-    for key, tensor in model.state_dict().items():
-        if key in stored and (tensor.is_floating_point() or tensor.is_complex()):
-            finite = torch.isfinite(tensor)
-            if not bool(finite.all()):
-                count = int(finite.numel() - finite.sum())
-                bad.append(f"{key} ({count} of {finite.numel()} values)")
-    if bad:
-        verb = "holds" if len(bad) == 1 else "hold"
-        raise ModelFileError(f"{weights}: {_count(bad, 'tensor')} {verb} NaN or inf: "
-                             f"{_names(bad, 3)}; expected finite weights")
+        raise ModelFileError(f"{where(keys)}: {_count(wrong, 'tensor')} {verb} the wrong shape "
+                             f"for the model described by {MANIFEST}: {_names(wrong, 3)}")

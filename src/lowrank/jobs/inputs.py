@@ -85,8 +85,9 @@ class JobData(ABC):
 
     @abstractmethod
     def compress(self, loaded: LoadedModel, config: CompressionConfig, quiet: bool,
-                 log: Callable[[str], None]) -> CompressResult:
-        """Compress ``loaded.model`` with ``config`` on the calibration data."""
+                 log: Callable[[str], None], **options: Any) -> CompressResult:
+        """Compress ``loaded.model`` with ``config`` on the calibration data (``options``:
+        more keywords of :func:`lowrank.compress`)."""
 
     def info(self) -> dict[str, Any]:
         """The ``data`` section of report.json."""
@@ -139,11 +140,12 @@ class TextData(JobData):
                 "also calibration passages: the quality after compression is not held out")
 
     def compress(self, loaded: LoadedModel, config: CompressionConfig, quiet: bool,
-                 log: Callable[[str], None]) -> CompressResult:
+                 log: Callable[[str], None], **options: Any) -> CompressResult:
         log(f"compressing with {config.method} on {len(self.calibration)} calibration "
             "passages")
-        return compress(loaded.model, config, self.calibration, tokenizer=loaded.tokenizer,
-                        quiet=quiet)
+        model = loaded.lazy if loaded.lazy is not None else loaded.model
+        return compress(model, config, self.calibration, tokenizer=loaded.tokenizer,
+                        quiet=quiet, **options)
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "seq_len": self.seq_len,
@@ -185,11 +187,11 @@ class ImageData(JobData):
         self.evaluation = model_images(loaded, raw_eval)
 
     def compress(self, loaded: LoadedModel, config: CompressionConfig, quiet: bool,
-                 log: Callable[[str], None]) -> CompressResult:
+                 log: Callable[[str], None], **options: Any) -> CompressResult:
         images = self.calibration.pixel_values if "images" in config.needs else None
         log(f"compressing with {describe_config(config)}"
             + (f" on {len(self.calibration)} calibration images" if images is not None else ""))
-        return compress(loaded.model, config, images, quiet=quiet)
+        return compress(loaded.model, config, images, quiet=quiet, **options)
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "image_size": list(self.evaluation.pixel_values.shape[-2:])}

@@ -14,13 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from torch import nn
 
-from ..errors import ModelFileError
+from ..errors import ConfigError, ModelFileError
 from ..io.checkpoint import MANIFEST
+from .hf import dtype_keyword
 
 ModelKind = Literal["encoder", "causal-lm", "vision"]
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+
+#: What ``--dtype`` takes: ``auto`` is the checkpoint's own dtype (its ``config.json``).
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+_NAMED_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 _CONFIG_FILES = (
     "config.json",
@@ -50,6 +56,9 @@ class LoadedModel:
     name: str
     path: Path
     processor: Any = None
+    #: the :class:`~lowrank.models.lazy.LazyModel` whose skeleton ``model`` is, when loaded
+    #: block by block (:func:`load_lazy`)
+    lazy: Any = None
 
     def config_files(self) -> list[Path]:
         """Config and tokenizer files to copy next to a compressed checkpoint."""
@@ -131,6 +140,38 @@ def peek_kind(name_or_path: str | os.PathLike | None) -> ModelKind | None:
     return None if config is None else model_kind(config)
 
 
+def peek_dtype(name_or_path: str | os.PathLike | None) -> torch.dtype | None:
+    """The floating dtype a checkpoint declares in its ``config.json`` (``dtype``, or
+    ``torch_dtype`` as older transformers write it), read offline by :func:`peek_config`;
+    ``None`` when the config cannot be read or declares no floating dtype."""
+    config = peek_config(name_or_path)
+    if config is None:
+        return None
+    fields = vars(config)  # not getattr: transformers warns on reading ``torch_dtype``
+    value = fields.get("dtype") or fields.get("torch_dtype")
+    if isinstance(value, str):
+        value = getattr(torch, value.removeprefix("torch."), None)
+    if isinstance(value, torch.dtype) and value.is_floating_point:
+        return value
+    return None
+
+
+def resolve_dtype(dtype: str | torch.dtype | None,
+                  name_or_path: str | os.PathLike | None = None) -> torch.dtype:
+    """The torch dtype to load a model in: ``None`` is float32; ``"auto"`` the checkpoint's
+    declared dtype (:func:`peek_dtype` of ``name_or_path``, float32 when it declares none);
+    ``"float32"``, ``"bfloat16"``, ``"float16"`` (or those torch dtypes) themselves."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype) and dtype in _NAMED_DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in _NAMED_DTYPES:
+        return _NAMED_DTYPES[dtype]
+    if dtype == "auto":
+        return peek_dtype(name_or_path) or torch.float32
+    raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+
+
 #: Config fields that bound the sequence length, in the order transformers' models use them.
 POSITION_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "n_ctx")
 
@@ -157,9 +198,12 @@ def _require_transformers():
 
 
 def load_model(
-    name_or_path: str | os.PathLike | None = None, *, device: str | None = None
+    name_or_path: str | os.PathLike | None = None, *, device: str | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> LoadedModel:
-    """Load a model directory or hub id (already on disk) with transformers, in eval mode.
+    """Load a model directory or hub id (already on disk) with transformers, in eval mode,
+    with floating weights in ``dtype`` (see :func:`resolve_dtype`; ``None``: float32 whatever
+    the checkpoint stores, ``"auto"``: the checkpoint's declared dtype).
 
     ``None`` loads the embedded default. Encoders load with ``AutoModel`` (no task head);
     decoder-only language models with ``AutoModelForCausalLM``; vision models (see
@@ -174,10 +218,9 @@ def load_model(
     """
     transformers = _require_transformers()
     transformers.utils.logging.disable_progress_bar()
-    if name_or_path is None:
-        path, name = default_model_path(), DEFAULT_MODEL_NAME
-    else:
-        path, name = _resolve(name_or_path), str(name_or_path)
+    path, name = _located(name_or_path)
+    # float32 must be asked for: transformers 5 loads in the checkpoint's dtype by default
+    load_dtype = resolve_dtype(dtype, path)
     try:
         config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
         kind = model_kind(config)
@@ -187,7 +230,8 @@ def load_model(
             # than raised as a multi-line RuntimeError
             model, info = auto.from_pretrained(str(path), local_files_only=True,
                                                output_loading_info=True,
-                                               ignore_mismatched_sizes=True)
+                                               ignore_mismatched_sizes=True,
+                                               **{dtype_keyword(transformers): load_dtype})
         check_loading_info(model, info, name)
         tokenizer = processor = None
         if kind == "vision":
@@ -197,18 +241,64 @@ def load_model(
         else:
             tokenizer = transformers.AutoTokenizer.from_pretrained(str(path),
                                                                    local_files_only=True)
+    except ModelFileError:
+        raise
     except (OSError, ValueError, KeyError) as exc:
-        if isinstance(exc, ModelFileError):
-            raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(
-            f"could not load model '{name}': {first} (expected a Hugging Face model directory "
-            "or a hub id already on disk; this toolkit never downloads at run time)"
-        ) from exc
+        raise _load_error(exc, name) from exc
     if device is not None:
         model.to(device)
     model.eval()
     return LoadedModel(model, tokenizer, kind, name, path, processor)
+
+
+def load_lazy(
+    name_or_path: str | os.PathLike | None = None, *, device: str | None = None,
+    dtype: str | torch.dtype | None = None
+) -> LoadedModel:
+    """:func:`load_model` for the layer-wise pipeline: the model's transformer blocks stay on
+    the meta device and are read from the safetensors shards when used
+    (:class:`~lowrank.models.lazy.LazyModel`); the tokenizer loads as usual. Text models
+    only; the same offline rules and refusals as :func:`load_model`."""
+    from .lazy import LazyModel
+
+    transformers = _require_transformers()
+    path, name = _located(name_or_path)
+    load_dtype = resolve_dtype(dtype, path)
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+        kind = model_kind(config)
+        if kind == "vision":
+            raise ModelFileError(f"'{name}' is a vision model: the layer-wise pipeline "
+                                 "compresses text models (use --pipeline whole)")
+        with _quiet_transformers(transformers):
+            lazy = LazyModel(path, dtype=load_dtype, device=device or "cpu", kind=kind)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except ModelFileError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        raise _load_error(exc, name) from exc
+    return LoadedModel(lazy.model, tokenizer, kind, name, path, None, lazy)
+
+
+def _located(name_or_path: str | os.PathLike | None) -> tuple[Path, str]:
+    """The model's directory and the name errors use (the embedded default for ``None``)."""
+    if name_or_path is None:
+        return default_model_path(), DEFAULT_MODEL_NAME
+    return _resolve(name_or_path), str(name_or_path)
+
+
+def _load_error(exc: Exception, name: str) -> ModelFileError:
+    """One-line :class:`ModelFileError` for a failed load."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ModelFileError(f"could not load model '{name}': {first} (expected a Hugging Face "
+                          "model directory or a hub id already on disk; this toolkit never "
+                          "downloads at run time)")
+
+
+def resolve_path(name_or_path: str | os.PathLike | None) -> Path:
+    """The local directory of a model (``None``: the embedded default); see
+    :func:`load_model` for what is refused."""
+    return default_model_path() if name_or_path is None else _resolve(name_or_path)
 
 
 def _resolve(name_or_path: str | os.PathLike) -> Path:
