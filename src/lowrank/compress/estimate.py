@@ -80,7 +80,7 @@ class BlockProbe:
         self.passages = probe_passages(tokens)
         _, self._blocks = main_blocks(self.model)
         self.batches, self.calls, self.hidden, as_tuple = stream_hidden(
-            access, self.passages, quiet=quiet)
+            access, tokens, quiet=quiet)
         seeds = self._head_gradients(as_tuple, samples, seed)
         self.grads: list[list[list[torch.Tensor]]] = [[] for _ in self.hidden]
         self.grads[-1] = [_stored(gs) for gs in seeds]

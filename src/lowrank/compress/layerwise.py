@@ -29,7 +29,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..blocks import BlockAccess, BlockCall, capture_block_inputs, main_blocks, run_block
+from ..blocks import (
+    BlockAccess,
+    BlockCall,
+    capture_block_inputs,
+    main_blocks,
+    run_block,
+    with_hidden,
+)
 from ..calib.data import TokenizedText
 from ..calib.distributed import Dist, all_reduce_stats, shard_passages
 from ..calib.stats import CalibrationStats, block_statistics
@@ -201,18 +208,11 @@ class _Runner:
             if self.sequential and group:
                 with torch.no_grad():
                     outputs = [run_block(block, c) for c in calls]
-            calls = [_next(c, h) for c, h in zip(calls, outputs, strict=True)]
+            calls = [with_hidden(c, h) for c, h in zip(calls, outputs, strict=True)]
             if final:
                 self.access.commit(index)
             else:
                 self.access.release(index)
-
-
-def _next(call: BlockCall, hidden: torch.Tensor) -> BlockCall:
-    args, kwargs = call
-    if args:
-        return (hidden, *args[1:]), kwargs
-    return (), {**kwargs, "hidden_states": hidden}
 
 
 def _factorize(runner: _Runner, config: FactorizationConfig, tokens: TokenizedText
